@@ -1,0 +1,88 @@
+//! Host physical memory as 4 KiB frames.
+//!
+//! Only frames that something has written entries into (page tables, in practice) hold bytes;
+//! every other frame reads as zeros and costs nothing, so memory grows with the frames written,
+//! not with the address range. Entries are 8 bytes, naturally aligned, little-endian, as the
+//! processor reads them.
+
+use rustc_hash::FxHashMap;
+
+use crate::addr::{Hfn, Hpa, PAGE_BYTES};
+
+/// The entries of one frame.
+type FrameWords = Box<[u64; 512]>;
+
+/// Sparse host physical memory.
+#[derive(Default)]
+pub struct PhysMemory {
+    frames: FxHashMap<Hfn, FrameWords>,
+}
+
+impl PhysMemory {
+    /// Empty memory: every frame reads as zeros.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The 8-byte word containing `addr` (the low three address bits are ignored, as an
+    /// aligned entry read would).
+    #[inline]
+    pub fn read_u64(&self, addr: Hpa) -> u64 {
+        match self.frames.get(&addr.frame()) {
+            Some(words) => words[word_index(addr)],
+            None => 0,
+        }
+    }
+
+    /// Stores an 8-byte word, giving the frame storage if it had none.
+    #[inline]
+    pub fn write_u64(&mut self, addr: Hpa, value: u64) {
+        let words = self.frames.entry(addr.frame()).or_insert_with(|| Box::new([0; 512]));
+        words[word_index(addr)] = value;
+    }
+
+    /// Zeroes a frame and drops its storage.
+    pub fn zero_frame(&mut self, frame: Hfn) {
+        self.frames.remove(&frame);
+    }
+
+    /// The frame's bytes, if it holds any.
+    pub fn frame_words(&self, frame: Hfn) -> Option<&[u64; 512]> {
+        self.frames.get(&frame).map(|words| &**words)
+    }
+
+    /// How many frames hold bytes.
+    pub fn frames_with_storage(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Bytes of frame storage held.
+    pub fn stored_bytes(&self) -> u64 {
+        u64::try_from(self.frames.len()).unwrap_or(u64::MAX).saturating_mul(PAGE_BYTES)
+    }
+}
+
+#[inline]
+fn word_index(addr: Hpa) -> usize {
+    // 0..512 by the mask.
+    ((addr.as_u64() & (PAGE_BYTES - 1)) >> 3) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_words_round_trip() {
+        let mut mem = PhysMemory::new();
+        assert_eq!(mem.read_u64(Hpa::new(0x7fff_f000)), 0);
+        mem.write_u64(Hpa::new(0x1008), 0xdead_beef);
+        assert_eq!(mem.read_u64(Hpa::new(0x1008)), 0xdead_beef);
+        assert_eq!(mem.read_u64(Hpa::new(0x100c)), 0xdead_beef);
+        assert_eq!(mem.read_u64(Hpa::new(0x1000)), 0);
+        assert_eq!(mem.frames_with_storage(), 1);
+        mem.zero_frame(Hfn::new(1));
+        assert_eq!(mem.read_u64(Hpa::new(0x1008)), 0);
+        assert_eq!(mem.stored_bytes(), 0);
+    }
+}

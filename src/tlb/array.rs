@@ -1,0 +1,200 @@
+//! One set-associative TLB array with true-LRU replacement.
+
+use crate::addr::{Gva, Hpa, PageSize};
+use crate::paging::Rights;
+
+/// What a TLB entry is tagged with besides the page number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct TlbTag {
+    /// The virtual-processor identifier (0 for the host / native).
+    pub vpid: u16,
+    /// The process-context identifier (0 without CR4.PCIDE).
+    pub pcid: u16,
+}
+
+/// A cached translation of one page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TlbEntry {
+    /// The virtual page number at the entry's page size (address >> size shift).
+    pub vpn: u64,
+    /// The VPID and PCID the entry was created under.
+    pub tag: TlbTag,
+    /// The page size the entry maps.
+    pub size: PageSize,
+    /// The first byte of the physical page.
+    pub page: Hpa,
+    /// The combined rights of the translation.
+    pub rights: Rights,
+    /// Global: matches any PCID of its VPID and survives CR3 loads.
+    pub global: bool,
+    /// Whether the leaf's D bit was set when the entry was filled.
+    pub dirty: bool,
+}
+
+impl TlbEntry {
+    /// Whether the entry translates `va` under `tag`.
+    #[inline]
+    pub fn matches(&self, va: Gva, tag: TlbTag) -> bool {
+        self.vpn == page_number(va, self.size)
+            && self.tag.vpid == tag.vpid
+            && (self.global || self.tag.pcid == tag.pcid)
+    }
+
+    /// The physical address of `va` through this entry.
+    #[inline]
+    pub fn translate(&self, va: Gva) -> Hpa {
+        Hpa::new(self.page.as_u64() | va.page_offset(self.size))
+    }
+}
+
+/// The page number of `va` at page size `size`.
+#[inline]
+pub fn page_number(va: Gva, size: PageSize) -> u64 {
+    va.vpn() >> (size.shift() - 12)
+}
+
+/// A set-associative array of `sets` x `ways` entries; each set is kept most-recent first.
+#[derive(Clone, Debug)]
+pub struct TlbArray {
+    sets: usize,
+    ways: usize,
+    /// Entries of set `s` live at `s * ways ..`, the first `len[s]` of them valid, MRU first.
+    slots: Vec<Option<TlbEntry>>,
+}
+
+impl TlbArray {
+    /// An empty array. `sets` and `ways` must be at least 1.
+    pub fn new(sets: usize, ways: usize) -> Self {
+        let sets = sets.max(1);
+        let ways = ways.max(1);
+        Self { sets, ways, slots: vec![None; sets * ways] }
+    }
+
+    /// Number of entries.
+    pub fn capacity(&self) -> usize {
+        self.sets * self.ways
+    }
+
+    #[inline]
+    fn set_of(&self, vpn: u64) -> usize {
+        // Modulo by the set count, which fits in usize.
+        let sets = self.sets as u64;
+        usize::try_from(vpn % sets).unwrap_or(0) * self.ways
+    }
+
+    /// Looks `va` up as a page of `size`; on a hit the entry becomes most recently used.
+    #[inline]
+    pub fn lookup(&mut self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
+        let start = self.set_of(page_number(va, size));
+        let set = &mut self.slots[start..start + self.ways];
+        for way in 0..set.len() {
+            match set[way] {
+                Some(entry) if entry.size == size && entry.matches(va, tag) => {
+                    set[..=way].rotate_right(1);
+                    return Some(entry);
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// Inserts an entry as most recently used, evicting the least recently used of its set,
+    /// and replacing any entry for the same page and tag.
+    pub fn insert(&mut self, entry: TlbEntry) {
+        let start = self.set_of(entry.vpn);
+        let set = &mut self.slots[start..start + self.ways];
+        let same = set.iter().position(|slot| {
+            slot.is_some_and(|e| e.vpn == entry.vpn && e.size == entry.size && e.tag == entry.tag)
+        });
+        let victim = same.unwrap_or_else(|| set.iter().position(Option::is_none).unwrap_or(set.len() - 1));
+        set[..=victim].rotate_right(1);
+        set[0] = Some(entry);
+    }
+
+    /// Removes every entry for which `drop` says so, keeping the order of the rest.
+    pub fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
+        for set in self.slots.chunks_mut(self.ways) {
+            let mut kept = 0;
+            for way in 0..set.len() {
+                if let Some(entry) = set[way] {
+                    if keep(&entry) {
+                        set[kept] = Some(entry);
+                        kept += 1;
+                    }
+                }
+            }
+            for slot in &mut set[kept..] {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Number of valid entries.
+    pub fn occupancy(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vpn: u64) -> TlbEntry {
+        TlbEntry {
+            vpn,
+            tag: TlbTag::default(),
+            size: PageSize::Size4K,
+            page: Hpa::new(vpn << 12),
+            rights: Rights::ALL,
+            global: false,
+            dirty: false,
+        }
+    }
+
+    fn va(vpn: u64) -> Gva {
+        Gva::new_truncate(vpn << 12)
+    }
+
+    #[test]
+    fn lru_within_a_set() {
+        // One set of two ways: touching 1 makes 2 the victim.
+        let mut tlb = TlbArray::new(1, 2);
+        let tag = TlbTag::default();
+        tlb.insert(entry(1));
+        tlb.insert(entry(2));
+        assert!(tlb.lookup(va(1), PageSize::Size4K, tag).is_some());
+        tlb.insert(entry(3));
+        assert!(tlb.lookup(va(2), PageSize::Size4K, tag).is_none());
+        assert!(tlb.lookup(va(1), PageSize::Size4K, tag).is_some());
+        assert!(tlb.lookup(va(3), PageSize::Size4K, tag).is_some());
+    }
+
+    #[test]
+    fn sets_are_chosen_by_page_number_modulo() {
+        let mut tlb = TlbArray::new(4, 1);
+        let tag = TlbTag::default();
+        tlb.insert(entry(1));
+        tlb.insert(entry(2));
+        tlb.insert(entry(5)); // same set as 1
+        assert!(tlb.lookup(va(1), PageSize::Size4K, tag).is_none());
+        assert!(tlb.lookup(va(2), PageSize::Size4K, tag).is_some());
+        assert_eq!(tlb.occupancy(), 2);
+    }
+
+    #[test]
+    fn pcid_tags_separate_and_global_entries_match_any_pcid() {
+        let mut tlb = TlbArray::new(1, 4);
+        let a = TlbTag { vpid: 0, pcid: 1 };
+        let b = TlbTag { vpid: 0, pcid: 2 };
+        tlb.insert(TlbEntry { tag: a, ..entry(1) });
+        tlb.insert(TlbEntry { tag: a, global: true, ..entry(2) });
+        assert!(tlb.lookup(va(1), PageSize::Size4K, b).is_none());
+        assert!(tlb.lookup(va(2), PageSize::Size4K, b).is_some());
+        assert!(tlb.lookup(va(2), PageSize::Size4K, TlbTag { vpid: 1, pcid: 1 }).is_none());
+        tlb.retain(|e| e.global);
+        assert!(tlb.lookup(va(1), PageSize::Size4K, a).is_none());
+        assert!(tlb.lookup(va(2), PageSize::Size4K, a).is_some());
+    }
+}

@@ -1,0 +1,271 @@
+//! The TLB hierarchy of a vCPU.
+
+use serde::Serialize;
+
+use crate::addr::{Gva, Hpa, PageSize};
+use crate::tlb::array::{page_number, TlbArray, TlbEntry, TlbTag};
+
+/// How the TLBs are arranged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlbConfig {
+    /// A modern core's hierarchy: L1 iTLB (4K: 128 entries 8-way; 2M: 8, fully associative),
+    /// L1 dTLB (4K: 64 entries 4-way; 2M: 32 4-way; 1G: 4 fully associative), and a unified
+    /// L2 (4K and 2M: 1536 entries 12-way; 1G: 16 entries 4-way) — Intel Ice Lake's sizes.
+    Hierarchy,
+    /// Exactly one unified LRU level of `entries` entries, `ways`-way (entries / ways sets,
+    /// set = virtual page number mod sets), one entry per 4 KiB page translation: large pages
+    /// are split into 4 KiB entries. Results can be checked exactly against any LRU model.
+    Single {
+        /// Total entries.
+        entries: usize,
+        /// Associativity.
+        ways: usize,
+    },
+}
+
+/// Arrays holding one level's entries, one array per page size it caches.
+#[derive(Clone, Debug, Default)]
+struct Level {
+    k4: Option<TlbArray>,
+    m2: Option<TlbArray>,
+    g1: Option<TlbArray>,
+    /// The 2 MiB entries live in the 4 KiB array (a unified STLB).
+    m2_in_k4: bool,
+}
+
+impl Level {
+    fn array(&mut self, size: PageSize) -> Option<&mut TlbArray> {
+        match size {
+            PageSize::Size4K => self.k4.as_mut(),
+            PageSize::Size2M if self.m2_in_k4 => self.k4.as_mut(),
+            PageSize::Size2M => self.m2.as_mut(),
+            PageSize::Size1G => self.g1.as_mut(),
+        }
+    }
+
+    fn lookup(&mut self, va: Gva, tag: TlbTag) -> Option<TlbEntry> {
+        for size in [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G] {
+            if let Some(array) = self.array(size) {
+                if let Some(entry) = array.lookup(va, size, tag) {
+                    return Some(entry);
+                }
+            }
+        }
+        None
+    }
+
+    /// Inserts `entry`, splitting it into the largest size this level holds if needed.
+    fn insert(&mut self, entry: TlbEntry, va: Gva) {
+        let mut fitted = entry;
+        for size in [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K] {
+            if size > entry.size {
+                continue;
+            }
+            if self.array(size).is_some() {
+                fitted = split(entry, va, size);
+                break;
+            }
+        }
+        if let Some(array) = self.array(fitted.size) {
+            array.insert(fitted);
+        }
+    }
+
+    fn retain(&mut self, keep: &mut impl FnMut(&TlbEntry) -> bool) {
+        for array in [&mut self.k4, &mut self.m2, &mut self.g1].into_iter().flatten() {
+            array.retain(&mut *keep);
+        }
+    }
+
+    fn occupancy(&self) -> usize {
+        [&self.k4, &self.m2, &self.g1].into_iter().flatten().map(TlbArray::occupancy).sum()
+    }
+}
+
+/// The part of `entry` (a page of `entry.size`) that covers `va`, as a page of `size`.
+fn split(entry: TlbEntry, va: Gva, size: PageSize) -> TlbEntry {
+    if size == entry.size {
+        return entry;
+    }
+    let offset = va.page_offset(entry.size) & !(size.bytes() - 1);
+    TlbEntry {
+        vpn: page_number(va, size),
+        size,
+        page: Hpa::new(entry.page.as_u64() | offset),
+        ..entry
+    }
+}
+
+/// Where a lookup hit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TlbHit {
+    /// The entry.
+    pub entry: TlbEntry,
+    /// 1 for the first level, 2 for the second.
+    pub level: u8,
+}
+
+/// Hit and miss counts by level.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct TlbLevelStats {
+    /// Lookups that hit in an L1 TLB.
+    pub l1_hits: u64,
+    /// Lookups that missed L1 and hit L2 (or hit the single level).
+    pub l2_hits: u64,
+    /// Lookups that missed everywhere.
+    pub misses: u64,
+}
+
+/// A vCPU's TLBs.
+#[derive(Clone, Debug)]
+pub struct Tlb {
+    l1i: Level,
+    l1d: Level,
+    l2: Level,
+    stats: TlbLevelStats,
+}
+
+impl Tlb {
+    /// Builds the TLBs `config` describes.
+    pub fn new(config: TlbConfig) -> Self {
+        let array = |entries: usize, ways: usize| Some(TlbArray::new(entries / ways, ways));
+        match config {
+            TlbConfig::Hierarchy => Self {
+                l1i: Level { k4: array(128, 8), m2: array(8, 8), g1: None, m2_in_k4: false },
+                l1d: Level { k4: array(64, 4), m2: array(32, 4), g1: array(4, 4), m2_in_k4: false },
+                l2: Level { k4: array(1536, 12), m2: None, g1: array(16, 4), m2_in_k4: true },
+                stats: TlbLevelStats::default(),
+            },
+            TlbConfig::Single { entries, ways } => Self {
+                l1i: Level::default(),
+                l1d: Level::default(),
+                l2: Level { k4: array(entries, ways), ..Level::default() },
+                stats: TlbLevelStats::default(),
+            },
+        }
+    }
+
+    /// Looks up the translation of `va`; a fetch uses the iTLB, data the dTLB. An L2 hit is
+    /// copied into L1. Counts the lookup.
+    #[inline]
+    pub fn lookup(&mut self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbHit> {
+        let l1 = if fetch { &mut self.l1i } else { &mut self.l1d };
+        if let Some(entry) = l1.lookup(va, tag) {
+            self.stats.l1_hits += 1;
+            return Some(TlbHit { entry, level: 1 });
+        }
+        if let Some(entry) = self.l2.lookup(va, tag) {
+            l1.insert(entry, va);
+            self.stats.l2_hits += 1;
+            return Some(TlbHit { entry, level: 2 });
+        }
+        self.stats.misses += 1;
+        None
+    }
+
+    /// Fills both levels with a translation a walk produced for `va`.
+    pub fn insert(&mut self, entry: TlbEntry, va: Gva, fetch: bool) {
+        self.l2.insert(entry, va);
+        if fetch {
+            self.l1i.insert(entry, va);
+        } else {
+            self.l1d.insert(entry, va);
+        }
+    }
+
+    /// Drops any entry that translates `va` under `tag`, and global entries for it in every
+    /// PCID of the VPID (INVLPG, SDM Vol. 3A §4.10.4.1).
+    pub fn invlpg(&mut self, va: Gva, tag: TlbTag) {
+        self.retain(|e| !(e.tag.vpid == tag.vpid && e.vpn == page_number(va, e.size) && (e.global || e.tag.pcid == tag.pcid)));
+    }
+
+    /// Drops `tag`'s non-global entries (a CR3 load without no-flush, with PCIDs on).
+    pub fn flush_pcid(&mut self, tag: TlbTag) {
+        self.retain(|e| e.global || e.tag != tag);
+    }
+
+    /// Drops every entry of the VPID, keeping global ones if `keep_global` (a CR3 load with
+    /// PCIDs off keeps them; a CR4.PGE toggle or a VMM flush does not).
+    pub fn flush_vpid(&mut self, vpid: u16, keep_global: bool) {
+        self.retain(|e| e.tag.vpid != vpid || (keep_global && e.global));
+    }
+
+    /// Drops one entry that a walk must refresh (a write hit on a clean entry, or a hit the
+    /// cached rights refuse).
+    pub fn drop_entry(&mut self, va: Gva, tag: TlbTag) {
+        self.retain(|e| !(e.matches(va, tag)));
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
+        self.l1i.retain(&mut keep);
+        self.l1d.retain(&mut keep);
+        self.l2.retain(&mut keep);
+    }
+
+    /// Hit and miss counts so far.
+    pub fn stats(&self) -> TlbLevelStats {
+        self.stats
+    }
+
+    /// Valid entries across all levels.
+    pub fn occupancy(&self) -> usize {
+        self.l1i.occupancy() + self.l1d.occupancy() + self.l2.occupancy()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::Rights;
+
+    fn entry(va: u64, size: PageSize, tag: TlbTag, global: bool) -> TlbEntry {
+        let va = Gva::new_truncate(va);
+        TlbEntry {
+            vpn: page_number(va, size),
+            tag,
+            size,
+            page: Hpa::new(0x4000_0000),
+            rights: Rights::ALL,
+            global,
+            dirty: true,
+        }
+    }
+
+    #[test]
+    fn single_level_splits_large_pages_into_4k_entries() {
+        let mut tlb = Tlb::new(TlbConfig::Single { entries: 8, ways: 2 });
+        let tag = TlbTag::default();
+        let va = Gva::new_truncate(0x20_3000);
+        tlb.insert(entry(0x20_0000, PageSize::Size2M, tag, false), va, false);
+        let hit = tlb.lookup(va, false, tag).expect("hit");
+        assert_eq!(hit.entry.size, PageSize::Size4K);
+        assert_eq!(hit.entry.translate(va), Hpa::new(0x4000_3000));
+        // A neighbouring 4K page of the same large page was not cached.
+        assert!(tlb.lookup(Gva::new_truncate(0x20_4000), false, tag).is_none());
+        assert_eq!(tlb.stats(), TlbLevelStats { l1_hits: 0, l2_hits: 1, misses: 1 });
+    }
+
+    #[test]
+    fn hierarchy_refills_l1_from_l2_and_flushes_by_rule() {
+        let mut tlb = Tlb::new(TlbConfig::Hierarchy);
+        let a = TlbTag { vpid: 0, pcid: 1 };
+        let va = Gva::new_truncate(0x7000);
+        tlb.insert(entry(0x7000, PageSize::Size4K, a, false), va, false);
+        assert_eq!(tlb.lookup(va, false, a).map(|h| h.level), Some(1));
+        // The fetch side has only the L2 copy.
+        assert_eq!(tlb.lookup(va, true, a).map(|h| h.level), Some(2));
+        assert_eq!(tlb.lookup(va, true, a).map(|h| h.level), Some(1));
+        tlb.flush_pcid(a);
+        assert!(tlb.lookup(va, false, a).is_none());
+
+        let g = Gva::new_truncate(0xffff_8000_0000_0000);
+        tlb.insert(entry(g.as_u64(), PageSize::Size2M, a, true), g, false);
+        tlb.flush_pcid(a);
+        tlb.flush_vpid(0, true);
+        assert!(tlb.lookup(g, false, TlbTag { vpid: 0, pcid: 9 }).is_some());
+        tlb.invlpg(g, TlbTag { vpid: 0, pcid: 9 });
+        assert!(tlb.lookup(g, false, a).is_none());
+        assert_eq!(tlb.occupancy(), 0);
+    }
+}
