@@ -162,6 +162,7 @@ impl Gva {
     }
 
     /// Sign-extends bit 56 into bits 63:57, giving a canonical address.
+    #[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)]
     pub const fn new_truncate(raw: u64) -> Self {
         // Shift the 57 significant bits to the top, then arithmetic-shift back to sign-extend.
         Self((((raw << 7) as i64) >> 7) as u64)

@@ -68,6 +68,26 @@ fn word_index(addr: Hpa) -> usize {
     ((addr.as_u64() & (PAGE_BYTES - 1)) >> 3) as usize
 }
 
+impl crate::paging::TableMemory<Hpa> for PhysMemory {
+    type Error = std::convert::Infallible;
+
+    #[inline]
+    fn read_entry(&mut self, addr: Hpa, _level: crate::addr::Level) -> Result<u64, Self::Error> {
+        Ok(self.read_u64(addr))
+    }
+
+    #[inline]
+    fn write_entry(
+        &mut self,
+        addr: Hpa,
+        _level: crate::addr::Level,
+        value: u64,
+    ) -> Result<(), Self::Error> {
+        self.write_u64(addr, value);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,3 +13,5 @@ pub use cpu::CpuState;
 pub use entry::Pte;
 pub use permission::Rights;
 pub use walker::{walk, AdPolicy, PageFault, TableMemory, Translation, WalkOutcome};
+pub mod counting;
+pub use counting::Counted;

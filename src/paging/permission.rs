@@ -38,7 +38,7 @@ impl Rights {
                 match access.kind {
                     AccessKind::Read => !smap_blocks,
                     AccessKind::Write => (self.writable || !cpu.wp) && !smap_blocks,
-                    AccessKind::Fetch => !self.no_execute && !(self.user && cpu.smep),
+                    AccessKind::Fetch => !(self.no_execute || (self.user && cpu.smep)),
                 }
             }
         }

@@ -113,7 +113,27 @@ impl TlbArray {
         set[0] = Some(entry);
     }
 
-    /// Removes every entry for which `drop` says so, keeping the order of the rest.
+    /// Removes the entries for pages of `size` covering `va` that `hit` selects: only the one
+    /// set they can live in is searched.
+    pub fn remove_page(&mut self, va: Gva, size: PageSize, mut hit: impl FnMut(&TlbEntry) -> bool) {
+        let vpn = page_number(va, size);
+        let start = self.set_of(vpn);
+        let set = &mut self.slots[start..start + self.ways];
+        let mut kept = 0;
+        for way in 0..set.len() {
+            if let Some(entry) = set[way] {
+                if !(entry.size == size && entry.vpn == vpn && hit(&entry)) {
+                    set[kept] = Some(entry);
+                    kept += 1;
+                }
+            }
+        }
+        for slot in &mut set[kept..] {
+            *slot = None;
+        }
+    }
+
+    /// Removes every entry for which `keep` says no, keeping the order of the rest.
     pub fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
         for set in self.slots.chunks_mut(self.ways) {
             let mut kept = 0;

@@ -78,6 +78,14 @@ impl Level {
         }
     }
 
+    fn remove_page(&mut self, va: Gva, hit: &mut impl FnMut(&TlbEntry) -> bool) {
+        for size in [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G] {
+            if let Some(array) = self.array(size) {
+                array.remove_page(va, size, &mut *hit);
+            }
+        }
+    }
+
     fn occupancy(&self) -> usize {
         [&self.k4, &self.m2, &self.g1].into_iter().flatten().map(TlbArray::occupancy).sum()
     }
@@ -177,7 +185,7 @@ impl Tlb {
     /// Drops any entry that translates `va` under `tag`, and global entries for it in every
     /// PCID of the VPID (INVLPG, SDM Vol. 3A §4.10.4.1).
     pub fn invlpg(&mut self, va: Gva, tag: TlbTag) {
-        self.retain(|e| !(e.tag.vpid == tag.vpid && e.vpn == page_number(va, e.size) && (e.global || e.tag.pcid == tag.pcid)));
+        self.remove_page(va, |e| e.tag.vpid == tag.vpid && (e.global || e.tag.pcid == tag.pcid));
     }
 
     /// Drops `tag`'s non-global entries (a CR3 load without no-flush, with PCIDs on).
@@ -194,7 +202,13 @@ impl Tlb {
     /// Drops one entry that a walk must refresh (a write hit on a clean entry, or a hit the
     /// cached rights refuse).
     pub fn drop_entry(&mut self, va: Gva, tag: TlbTag) {
-        self.retain(|e| !(e.matches(va, tag)));
+        self.remove_page(va, |e| e.matches(va, tag));
+    }
+
+    fn remove_page(&mut self, va: Gva, mut hit: impl FnMut(&TlbEntry) -> bool) {
+        self.l1i.remove_page(va, &mut hit);
+        self.l1d.remove_page(va, &mut hit);
+        self.l2.remove_page(va, &mut hit);
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {

@@ -1,0 +1,199 @@
+//! Running one workload in one mode.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::addr::{Gva, PageSize, PAGE_BYTES};
+use crate::cost::CostModel;
+use crate::guest::{FaultResolution, Kernel, KernelConfig, KernelError, Pid};
+use crate::paging::{Access, CpuState, Privilege};
+use crate::sim::machine::Machine;
+use crate::sim::stats::Stats;
+use crate::tlb::TlbConfig;
+use crate::vcpu::{PageOutcome, Vcpu};
+use crate::vmm::{Mode, Native};
+use crate::workload::{Op, Workload, WorkloadError};
+
+/// How many times one access is retried after the guest handled a fault before the run
+/// gives up on it (a guest whose fault handler makes no progress).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// The virtualization designs a run can use.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    /// No virtualization: the guest kernel on bare metal.
+    Native,
+}
+
+impl fmt::Display for ModeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+        })
+    }
+}
+
+/// Everything a run is configured with.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimConfig {
+    /// The guest's paging state (levels, WP, SMEP, SMAP, NXE, PGE, PCIDE, MAXPHYADDR).
+    pub cpu: CpuState,
+    /// The TLB arrangement.
+    pub tlb: TlbConfig,
+    /// Guest RAM in bytes.
+    pub guest_ram: u64,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The page size regions that may use large pages get.
+    pub guest_page_size: PageSize,
+    /// Cycle costs.
+    pub cost: CostModel,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            cpu: CpuState::default(),
+            tlb: TlbConfig::Hierarchy,
+            guest_ram: KernelConfig::default().ram_bytes,
+            seed: 1,
+            guest_page_size: PageSize::Size4K,
+            cost: CostModel::default(),
+        }
+    }
+}
+
+/// A run that could not complete.
+#[derive(Debug)]
+pub enum SimError {
+    /// The workload could not be read.
+    Workload(WorkloadError),
+    /// The guest kernel failed (out of guest RAM, a bad region).
+    Kernel(KernelError),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Workload(e) => e.fmt(f),
+            Self::Kernel(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Workload(e) => Some(e),
+            Self::Kernel(e) => Some(e),
+        }
+    }
+}
+
+impl From<WorkloadError> for SimError {
+    fn from(e: WorkloadError) -> Self {
+        Self::Workload(e)
+    }
+}
+
+impl From<KernelError> for SimError {
+    fn from(e: KernelError) -> Self {
+        Self::Kernel(e)
+    }
+}
+
+/// The result of a run in one mode: its counters and estimated cycles.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The mode.
+    pub mode: ModeName,
+    /// The counters.
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// Estimated cycles under the configured cost model.
+    pub cycles: u64,
+}
+
+/// Runs `workload` in `mode`.
+pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> Result<RunReport, SimError> {
+    let stats = match mode {
+        ModeName::Native => run_with(Native::new(), 0, config, workload)?,
+    };
+    let cycles = config.cost.cycles(&stats);
+    Ok(RunReport { mode, stats, cycles })
+}
+
+fn run_with<M: Mode>(mode: M, vpid: u16, config: &SimConfig, workload: &mut dyn Workload) -> Result<Stats, SimError> {
+    let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid) };
+    let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
+    while let Some(op) = workload.next_op()? {
+        match op {
+            Op::Spawn { pid, anywhere } => kernel.spawn(&mut machine, pid, anywhere)?,
+            Op::Map { pid, region } => kernel.add_region(pid, region)?,
+            Op::Access { pid, va, kind, size } => {
+                kernel.switch_to(&mut machine, pid)?;
+                machine.vcpu.stats.accesses += 1;
+                let access = Access::new(kind, Privilege::User);
+                let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
+                let mut page = va;
+                loop {
+                    access_page(&mut machine, &mut kernel, pid, page, access)?;
+                    let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
+                    if next > last {
+                        break;
+                    }
+                    match Gva::try_new(next) {
+                        Ok(va) => page = va,
+                        Err(_) => {
+                            machine.vcpu.stats.general_protection += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut stats = machine.vcpu.stats.clone();
+    stats.tlb = machine.vcpu.tlb.stats();
+    stats.context_switches = kernel.context_switches();
+    stats.pages_mapped = kernel.pages_mapped();
+    let own = machine.mode.page_table_bytes();
+    stats.page_table_bytes.guest = kernel.page_table_bytes();
+    stats.page_table_bytes.shadow = own.shadow;
+    stats.page_table_bytes.ept = own.ept;
+    Ok(stats)
+}
+
+/// One page translation of an access, with the guest's fault handling and retries.
+fn access_page<M: Mode>(
+    machine: &mut Machine<M>,
+    kernel: &mut Kernel,
+    pid: Pid,
+    va: Gva,
+    access: Access,
+) -> Result<(), SimError> {
+    let mut retry = false;
+    for _ in 0..MAX_ATTEMPTS {
+        match machine.vcpu.translate(&mut machine.mode, va, access, retry) {
+            PageOutcome::Done(_) => return Ok(()),
+            PageOutcome::Fault(_) => {
+                machine.vcpu.stats.guest_page_faults += 1;
+                match kernel.handle_fault(machine, pid, va, access)? {
+                    FaultResolution::Mapped | FaultResolution::Spurious => retry = true,
+                    FaultResolution::Segv => {
+                        machine.vcpu.stats.segfaults += 1;
+                        return Ok(());
+                    }
+                }
+            }
+            PageOutcome::NonCanonical => {
+                machine.vcpu.stats.general_protection += 1;
+                return Ok(());
+            }
+        }
+    }
+    machine.vcpu.stats.segfaults += 1;
+    Ok(())
+}

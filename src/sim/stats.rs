@@ -1,0 +1,105 @@
+//! What a run counts. Every field is a plain count; cycles come from `crate::cost`.
+
+use serde::Serialize;
+
+use crate::tlb::TlbLevelStats;
+
+/// VM exits by reason (all zero natively).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct VmExits {
+    /// Sum of every reason below.
+    pub total: u64,
+    /// Guest CR3 loads the VMM intercepts (shadow paging).
+    pub cr3_write: u64,
+    /// Guest INVLPG the VMM intercepts (shadow paging).
+    pub invlpg: u64,
+    /// Page faults the VMM intercepts (shadow paging), hidden or injected.
+    pub page_fault: u64,
+    /// Guest writes to write-protected guest page-table frames (shadow paging).
+    pub pt_write: u64,
+    /// EPT violations (Intel exit reason 48) and NPT nested page faults.
+    pub ept_violation: u64,
+    /// EPT misconfigurations (exit reason 49).
+    pub ept_misconfig: u64,
+    /// Accesses to guest-physical addresses outside every memory slot.
+    pub mmio: u64,
+}
+
+/// Page-table memory by owner, in bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct PageTableBytes {
+    /// The guest kernel's own tables.
+    pub guest: u64,
+    /// Shadow tables the VMM maintains.
+    pub shadow: u64,
+    /// EPT / NPT tables.
+    pub ept: u64,
+}
+
+/// Counters of one run in one mode.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Memory accesses the workload made (after warm-up).
+    pub accesses: u64,
+    /// Page translations those accesses needed (an access crossing a page boundary needs two).
+    pub translations: u64,
+    /// Translations found in a TLB.
+    pub tlb_hits: u64,
+    /// Translations not found in any TLB.
+    pub tlb_misses: u64,
+    /// TLB hits by level.
+    pub tlb: TlbLevelStats,
+    /// Page walks started, retries after a handled fault included.
+    pub walks: u64,
+    /// Memory references made by all walks (both dimensions of a nested walk).
+    pub walk_refs: u64,
+    /// The most references one walk made.
+    pub walk_refs_max: u64,
+    /// Accessed/dirty bits written back by walks.
+    pub ad_writes: u64,
+    /// Page faults the guest kernel handled.
+    pub guest_page_faults: u64,
+    /// Accesses the guest kernel refused (the process would get SIGSEGV); they are skipped.
+    pub segfaults: u64,
+    /// Accesses to non-canonical addresses (#GP); they are skipped.
+    pub general_protection: u64,
+    /// VM exits.
+    pub vm_exits: VmExits,
+    /// Page-table memory at the end of the run.
+    pub page_table_bytes: PageTableBytes,
+    /// Context switches between processes.
+    pub context_switches: u64,
+    /// Guest CR3 loads.
+    pub cr3_loads: u64,
+    /// Guest INVLPG instructions.
+    pub invlpgs: u64,
+    /// Distinct guest pages (4 KiB) that were mapped on demand.
+    pub pages_mapped: u64,
+}
+
+impl Stats {
+    /// Mean references per walk.
+    pub fn refs_per_walk(&self) -> f64 {
+        if self.walks == 0 {
+            0.0
+        } else {
+            ratio(self.walk_refs, self.walks)
+        }
+    }
+}
+
+/// `a / b` as a float, for reports.
+#[allow(clippy::cast_precision_loss)]
+pub fn ratio(a: u64, b: u64) -> f64 {
+    a as f64 / b as f64
+}
+
+impl Stats {
+    /// Adds one walk's references and A/D write-backs.
+    #[inline]
+    pub fn record_walk(&mut self, refs: u64, ad_writes: u64) {
+        self.walk_refs += refs;
+        self.walk_refs_max = self.walk_refs_max.max(refs);
+        self.ad_writes += ad_writes;
+    }
+}

@@ -1,0 +1,154 @@
+//! The virtual CPU: control registers, TLBs and counters, and the access path every mode
+//! shares — TLB lookup first, the mode's walk on a miss.
+
+use crate::addr::{Gpa, Gva, Hpa, PageSize};
+use crate::paging::{Access, CpuState, PageFault, Rights};
+use crate::sim::stats::Stats;
+use crate::tlb::{Tlb, TlbConfig, TlbEntry, TlbTag};
+use crate::vmm::Mode;
+
+/// A guest CR3 value: the root table's guest-physical address, the PCID (bits 11:0, with
+/// CR4.PCIDE) and the no-flush request (bit 63).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Cr3 {
+    /// The root table.
+    pub root: Gpa,
+    /// The process-context identifier (0 without CR4.PCIDE).
+    pub pcid: u16,
+    /// Bit 63: keep the new PCID's TLB entries (CR4.PCIDE only).
+    pub no_flush: bool,
+}
+
+/// A translation a mode's walk produced: what the TLB caches, plus the guest-physical page
+/// for verification and explanation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Mapping {
+    /// The host-physical page.
+    pub page: Hpa,
+    /// The guest-physical address of the first byte of `page`, as the guest's own tables give
+    /// it (natively the same as `page`).
+    pub guest_page: Gpa,
+    /// The size the TLB may cache it as.
+    pub size: PageSize,
+    /// Combined rights.
+    pub rights: Rights,
+    /// Global (G set and CR4.PGE on).
+    pub global: bool,
+    /// Dirty once the walk is done.
+    pub dirty: bool,
+}
+
+/// What a mode's walk ended in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Resolved {
+    /// The access may proceed.
+    Mapped(Mapping),
+    /// A page fault delivered to the guest.
+    Fault(PageFault),
+    /// A non-canonical address: #GP.
+    NonCanonical,
+}
+
+/// The outcome of one page translation of an access.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PageOutcome {
+    /// Translated to this host-physical address.
+    Done(Hpa),
+    /// The guest must handle a page fault.
+    Fault(PageFault),
+    /// #GP.
+    NonCanonical,
+}
+
+/// The architectural state of one virtual CPU.
+pub struct Vcpu {
+    /// Paging control bits.
+    pub cpu: CpuState,
+    /// The guest's CR3.
+    pub cr3: Cr3,
+    /// The TLBs.
+    pub tlb: Tlb,
+    /// This vCPU's VPID (0 natively).
+    pub vpid: u16,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Vcpu {
+    /// A vCPU with empty TLBs.
+    pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16) -> Self {
+        Self { cpu, cr3: Cr3::default(), tlb: Tlb::new(tlb), vpid, stats: Stats::default() }
+    }
+
+    /// The tag current translations carry.
+    #[inline]
+    pub fn tag(&self) -> TlbTag {
+        TlbTag { vpid: self.vpid, pcid: if self.cpu.pcide { self.cr3.pcid } else { 0 } }
+    }
+
+    /// Translates the page of `va` for `access`. A first attempt is one TLB lookup; a
+    /// `retry` after the guest handled a fault walks again without a new lookup.
+    #[inline]
+    pub fn translate<M: Mode>(&mut self, mode: &mut M, va: Gva, access: Access, retry: bool) -> PageOutcome {
+        let tag = self.tag();
+        if !retry {
+            self.stats.translations += 1;
+            match self.tlb.lookup(va, access.is_fetch(), tag) {
+                Some(hit) => {
+                    self.stats.tlb_hits += 1;
+                    let entry = hit.entry;
+                    if entry.rights.permit(access, &self.cpu) && (entry.dirty || !access.is_write()) {
+                        return PageOutcome::Done(entry.translate(va));
+                    }
+                    // The cached entry cannot serve this access (a write to a clean page, or
+                    // rights it does not grant): the processor walks again.
+                    self.tlb.drop_entry(va, tag);
+                }
+                None => self.stats.tlb_misses += 1,
+            }
+        }
+        self.stats.walks += 1;
+        match mode.translate(va, access, self) {
+            Resolved::Mapped(m) => {
+                let entry = TlbEntry {
+                    vpn: crate::tlb::array::page_number(va, m.size),
+                    tag,
+                    size: m.size,
+                    page: m.page,
+                    rights: m.rights,
+                    global: m.global,
+                    dirty: m.dirty,
+                };
+                self.tlb.insert(entry, va, access.is_fetch());
+                PageOutcome::Done(Hpa::new(m.page.as_u64() | va.page_offset(m.size)))
+            }
+            Resolved::Fault(fault) => {
+                // A page fault invalidates TLB entries for the address (SDM Vol. 3A §4.10.4.1).
+                self.tlb.drop_entry(va, tag);
+                PageOutcome::Fault(fault)
+            }
+            Resolved::NonCanonical => PageOutcome::NonCanonical,
+        }
+    }
+
+    /// A guest CR3 load: flushes what the architecture says a MOV to CR3 flushes.
+    pub fn load_cr3(&mut self, cr3: Cr3) {
+        self.cr3 = cr3;
+        self.stats.cr3_loads += 1;
+        if self.cpu.pcide {
+            if !cr3.no_flush {
+                let tag = self.tag();
+                self.tlb.flush_pcid(tag);
+            }
+        } else {
+            self.tlb.flush_vpid(self.vpid, self.cpu.pge);
+        }
+    }
+
+    /// A guest INVLPG.
+    pub fn invlpg(&mut self, va: Gva) {
+        self.stats.invlpgs += 1;
+        let tag = self.tag();
+        self.tlb.invlpg(va, tag);
+    }
+}

@@ -1,0 +1,42 @@
+//! The virtualization designs. Each is a [`Mode`]: what the hardware walks on a TLB miss, and
+//! what the VMM does when the guest touches its page tables, CR3 or INVLPG.
+
+pub mod native;
+
+use crate::addr::{Gfn, Gpa, Gva};
+use crate::paging::Access;
+use crate::sim::stats::PageTableBytes;
+use crate::vcpu::{Cr3, Resolved, Vcpu};
+
+pub use native::Native;
+
+/// One design of memory virtualization (or none).
+pub trait Mode {
+    /// The mode's name as the command line spells it.
+    fn name(&self) -> &'static str;
+
+    /// The guest kernel reads a word of its physical memory (not a page walk).
+    fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64;
+
+    /// The guest kernel stores a word of its physical memory: the path through which it edits
+    /// its page tables, and where a shadow-paging VMM traps.
+    fn write_guest(&mut self, gpa: Gpa, value: u64, vcpu: &mut Vcpu);
+
+    /// The guest kernel clears a frame it is about to use as a page table.
+    fn zero_guest_frame(&mut self, gfn: Gfn, vcpu: &mut Vcpu);
+
+    /// The guest loaded CR3 (the vCPU has already applied the architectural TLB flush).
+    fn on_cr3_load(&mut self, _cr3: Cr3, _vcpu: &mut Vcpu) {}
+
+    /// The guest executed INVLPG (the vCPU has already invalidated its TLB entries).
+    fn on_invlpg(&mut self, _va: Gva, _vcpu: &mut Vcpu) {}
+
+    /// A TLB miss: the walk this mode's hardware makes, with any VM exits it causes handled,
+    /// ending in a translation or a fault the guest must see. Counts walk references.
+    fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved;
+
+    /// Page-table memory the mode itself keeps (shadow and EPT tables).
+    fn page_table_bytes(&self) -> PageTableBytes {
+        PageTableBytes::default()
+    }
+}

@@ -1,0 +1,70 @@
+//! No virtualization: the guest kernel runs on bare metal. Its "guest-physical" addresses are
+//! host-physical addresses, CR3 points straight at its tables, and a TLB miss is a 1D walk.
+
+use crate::addr::{Gfn, Gpa, Gva, Hfn, Hpa};
+use crate::memory::PhysMemory;
+use crate::paging::{walk, Access, AdPolicy, Counted, WalkOutcome};
+use crate::vcpu::{Mapping, Resolved, Vcpu};
+use crate::vmm::Mode;
+
+/// Bare metal.
+#[derive(Default)]
+pub struct Native {
+    memory: PhysMemory,
+}
+
+impl Native {
+    /// A machine with empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// On bare metal the kernel's physical addresses are the machine's.
+    fn host(gpa: Gpa) -> Hpa {
+        Hpa::new(gpa.as_u64())
+    }
+
+    /// The machine's memory.
+    pub fn memory(&self) -> &PhysMemory {
+        &self.memory
+    }
+}
+
+impl Mode for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn read_guest(&mut self, gpa: Gpa, _vcpu: &mut Vcpu) -> u64 {
+        self.memory.read_u64(Self::host(gpa))
+    }
+
+    fn write_guest(&mut self, gpa: Gpa, value: u64, _vcpu: &mut Vcpu) {
+        self.memory.write_u64(Self::host(gpa), value);
+    }
+
+    fn zero_guest_frame(&mut self, gfn: Gfn, _vcpu: &mut Vcpu) {
+        self.memory.zero_frame(Hfn::new(gfn.number()));
+    }
+
+    #[inline]
+    fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
+        let root = Self::host(vcpu.cr3.root);
+        let mut mem = Counted::new(&mut self.memory);
+        let outcome = walk(&mut mem, root, va, access, &vcpu.cpu, AdPolicy::Update);
+        vcpu.stats.record_walk(mem.reads, mem.writes);
+        match outcome {
+            WalkOutcome::Mapped(t) => Resolved::Mapped(Mapping {
+                page: t.page,
+                guest_page: Gpa::new(t.page.as_u64()),
+                size: t.size,
+                rights: t.rights,
+                global: t.global && vcpu.cpu.pge,
+                dirty: t.dirty,
+            }),
+            WalkOutcome::PageFault(fault) => Resolved::Fault(fault),
+            WalkOutcome::NonCanonical => Resolved::NonCanonical,
+            WalkOutcome::Memory(never) => match never {},
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! What drives the guest: builtin scenarios and real programs' memory traces, both as a stream
+//! of [`Op`]s.
+
+pub mod lackey;
+pub mod rng;
+pub mod scenario;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::addr::Gva;
+use crate::guest::{Pid, Region};
+use crate::paging::AccessKind;
+
+/// One step of a workload.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    /// Create a process. With `anywhere`, all of its user half is anonymous RWX memory.
+    Spawn {
+        /// The new process.
+        pid: Pid,
+        /// Whether any user address is mapped on first touch.
+        anywhere: bool,
+    },
+    /// Add a region to a process.
+    Map {
+        /// The process.
+        pid: Pid,
+        /// The region.
+        region: Region,
+    },
+    /// A user-mode memory access of `size` bytes at `va` by `pid`.
+    Access {
+        /// The process.
+        pid: Pid,
+        /// The first byte.
+        va: Gva,
+        /// Read, write or fetch.
+        kind: AccessKind,
+        /// Bytes accessed (an access crossing a 4 KiB boundary touches two pages).
+        size: u32,
+    },
+}
+
+/// A source of operations.
+pub trait Workload {
+    /// The next operation, `Ok(None)` at the end.
+    fn next_op(&mut self) -> Result<Option<Op>, WorkloadError>;
+}
+
+/// A workload that cannot be read or built.
+#[derive(Debug)]
+pub enum WorkloadError {
+    /// The trace file could not be opened or read.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A trace line is malformed.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What was expected.
+        message: String,
+    },
+    /// The trace holds no memory accesses.
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An unknown scenario name.
+    UnknownScenario(String),
+    /// A `--param` that the scenario does not take or cannot parse.
+    BadParam {
+        /// The scenario.
+        scenario: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for WorkloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::Parse { path, line, message } => write!(f, "{}:{line}: {message}", path.display()),
+            Self::Empty { path } => write!(f, "{}: the trace holds no memory accesses", path.display()),
+            Self::UnknownScenario(name) => {
+                write!(f, "unknown workload '{name}'; `memvirt workloads` lists them")
+            }
+            Self::BadParam { scenario, message } => write!(f, "workload {scenario}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for WorkloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

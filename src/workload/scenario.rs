@@ -1,0 +1,279 @@
+//! Builtin synthetic scenarios. Each is seeded and sized by `key=value` parameters with
+//! defaults that run in about a second.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::addr::{Gva, PageSize};
+use crate::guest::{Prot, Region};
+use crate::paging::AccessKind;
+use crate::workload::rng::Rng;
+use crate::workload::{Op, Workload, WorkloadError};
+
+/// Where scenarios place their buffer in the user half.
+const BUFFER_BASE: u64 = 0x1000_0000;
+/// The process every single-process scenario runs as.
+const PID: u32 = 1;
+
+/// `--param key=value` pairs.
+pub type Params = BTreeMap<String, String>;
+
+/// How a scenario is built.
+pub struct ScenarioSpec {
+    /// The name `--workload` takes.
+    pub name: &'static str,
+    /// One line for `memvirt workloads`.
+    pub description: &'static str,
+    /// Parameters with their defaults, for `memvirt workloads` and error messages.
+    pub params: &'static [(&'static str, &'static str)],
+    build: Builder,
+}
+
+/// Builds a scenario from its parameters.
+type Builder = fn(&mut ParamReader, &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError>;
+
+/// What every scenario is given besides its parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct ScenarioContext {
+    /// The seed of its random choices.
+    pub seed: u64,
+    /// The page size its regions ask for.
+    pub page_size: PageSize,
+}
+
+/// Every builtin scenario.
+pub const SCENARIOS: &[ScenarioSpec] = &[
+    ScenarioSpec {
+        name: "seq-scan",
+        description: "sequential passes over one buffer: few TLB misses, each page faulted in once",
+        params: &[("size", "64M"), ("stride", "64"), ("passes", "2")],
+        build: build_seq_scan,
+    },
+    ScenarioSpec {
+        name: "uniform-random",
+        description: "uniformly random 8-byte reads and writes over a large buffer: TLB-miss heavy",
+        params: &[("size", "1G"), ("accesses", "1000000"), ("write-percent", "50")],
+        build: build_uniform_random,
+    },
+    ScenarioSpec {
+        name: "pointer-chase",
+        description: "dependent loads following a random cycle through a buffer: every load a likely TLB miss",
+        params: &[("size", "256M"), ("accesses", "1000000")],
+        build: build_pointer_chase,
+    },
+];
+
+/// The scenario named `name`.
+pub fn find(name: &str) -> Option<&'static ScenarioSpec> {
+    SCENARIOS.iter().find(|spec| spec.name == name)
+}
+
+/// Builds scenario `name` from `params`.
+pub fn build(name: &str, params: &Params, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+    let spec = find(name).ok_or_else(|| WorkloadError::UnknownScenario(name.to_string()))?;
+    let mut reader = ParamReader { spec, given: params.clone() };
+    let workload = (spec.build)(&mut reader, context)?;
+    reader.finish()?;
+    Ok(workload)
+}
+
+/// Reads a scenario's parameters, falling back to its defaults.
+pub struct ParamReader {
+    spec: &'static ScenarioSpec,
+    given: Params,
+}
+
+impl ParamReader {
+    fn error(&self, message: String) -> WorkloadError {
+        WorkloadError::BadParam { scenario: self.spec.name, message }
+    }
+
+    fn raw(&mut self, key: &str) -> String {
+        let default = self.spec.params.iter().find(|(name, _)| *name == key).map(|(_, value)| *value);
+        self.given.remove(key).unwrap_or_else(|| default.unwrap_or_default().to_string())
+    }
+
+    /// A count or byte size; accepts k/m/g suffixes (powers of 1024).
+    fn size(&mut self, key: &str, min: u64) -> Result<u64, WorkloadError> {
+        let text = self.raw(key);
+        let value = parse_size(&text)
+            .ok_or_else(|| self.error(format!("{key}={text}: expected a whole number with an optional k, m or g suffix")))?;
+        if value < min {
+            return Err(self.error(format!("{key}={text}: must be at least {min}")));
+        }
+        Ok(value)
+    }
+
+    fn finish(self) -> Result<(), WorkloadError> {
+        if let Some(key) = self.given.keys().next() {
+            let known: Vec<&str> = self.spec.params.iter().map(|(name, _)| *name).collect();
+            return Err(self.error(format!("unknown parameter '{key}'; it takes {}", known.join(", "))));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `123`, `4k`, `64M`, `1g`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    let value: u64 = digits.parse().ok()?;
+    value.checked_mul(1u64 << shift)
+}
+
+/// How a single-buffer scenario picks its next offset.
+enum Pattern {
+    Sequential { offset: u64, stride: u64 },
+    Random { rng: Rng, write_percent: u64 },
+    /// A full-period linear congruential sequence over `2^bits` element indices, skipping
+    /// indices past the buffer: a random cycle through every element, with no table.
+    Chase { index: u64, mask: u64, elements: u64 },
+}
+
+/// One process, one buffer, a stream of accesses into it.
+struct BufferScenario {
+    prelude: VecDeque<Op>,
+    size: u64,
+    remaining: u64,
+    pattern: Pattern,
+}
+
+impl BufferScenario {
+    fn new(size: u64, accesses: u64, pattern: Pattern, context: &ScenarioContext) -> Self {
+        let region = Region {
+            start: Gva::new_truncate(BUFFER_BASE),
+            len: size.div_ceil(4096) * 4096,
+            prot: Prot::RW,
+            user: true,
+            page_size: context.page_size,
+        };
+        let prelude = VecDeque::from([Op::Spawn { pid: PID, anywhere: false }, Op::Map { pid: PID, region }]);
+        Self { prelude, size, remaining: accesses, pattern }
+    }
+}
+
+impl Workload for BufferScenario {
+    fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        if let Some(op) = self.prelude.pop_front() {
+            return Ok(Some(op));
+        }
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        self.remaining -= 1;
+        let (offset, kind) = match &mut self.pattern {
+            Pattern::Sequential { offset, stride } => {
+                let at = *offset;
+                *offset = (*offset + *stride) % self.size;
+                (at, AccessKind::Read)
+            }
+            Pattern::Random { rng, write_percent } => {
+                let at = rng.below(self.size / 8) * 8;
+                let kind = if rng.below(100) < *write_percent { AccessKind::Write } else { AccessKind::Read };
+                (at, kind)
+            }
+            Pattern::Chase { index, mask, elements } => {
+                loop {
+                    // Hull-Dobell: c odd and a - 1 divisible by 4 give a full period mod 2^k.
+                    *index = index.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) & *mask;
+                    if *index < *elements {
+                        break;
+                    }
+                }
+                (*index * 64, AccessKind::Read)
+            }
+        };
+        let va = Gva::new_truncate(BUFFER_BASE + offset);
+        Ok(Some(Op::Access { pid: PID, va, kind, size: 8 }))
+    }
+}
+
+fn build_seq_scan(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+    let size = params.size("size", 4096)?;
+    let stride = params.size("stride", 1)?;
+    let passes = params.size("passes", 1)?;
+    let per_pass = size.div_ceil(stride);
+    let pattern = Pattern::Sequential { offset: 0, stride };
+    Ok(Box::new(BufferScenario::new(size, per_pass.saturating_mul(passes), pattern, context)))
+}
+
+fn build_uniform_random(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+    let size = params.size("size", 4096)?;
+    let accesses = params.size("accesses", 1)?;
+    let write_percent = params.size("write-percent", 0)?;
+    if write_percent > 100 {
+        return Err(params.error(format!("write-percent={write_percent}: must be 0 to 100")));
+    }
+    let pattern = Pattern::Random { rng: Rng::new(context.seed), write_percent };
+    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context)))
+}
+
+fn build_pointer_chase(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+    let size = params.size("size", 4096)?;
+    let accesses = params.size("accesses", 1)?;
+    let elements = size / 64;
+    let mask = elements.next_power_of_two() - 1;
+    let start = Rng::new(context.seed).below(elements);
+    let pattern = Pattern::Chase { index: start, mask, elements };
+    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> ScenarioContext {
+        ScenarioContext { seed: 3, page_size: PageSize::Size4K }
+    }
+
+    fn offsets(name: &str, params: &[(&str, &str)]) -> Vec<u64> {
+        let params = params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+        let mut workload = build(name, &params, &context()).expect("builds");
+        let mut out = Vec::new();
+        while let Some(op) = workload.next_op().expect("ok") {
+            if let Op::Access { va, .. } = op {
+                out.push(va.as_u64() - BUFFER_BASE);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("4k"), Some(4096));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999g"), None);
+    }
+
+    #[test]
+    fn seq_scan_walks_in_order_and_wraps() {
+        assert_eq!(offsets("seq-scan", &[("size", "16k"), ("stride", "4k"), ("passes", "2")]), vec![
+            0, 4096, 8192, 12288, 0, 4096, 8192, 12288
+        ]);
+    }
+
+    #[test]
+    fn pointer_chase_visits_every_element_once_per_cycle() {
+        let mut seen = offsets("pointer-chase", &[("size", "192k"), ("accesses", "3072")]);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 3072);
+        assert!(seen.iter().all(|offset| offset % 64 == 0 && *offset < 192 * 1024));
+    }
+
+    #[test]
+    fn random_is_seeded_and_bad_params_are_named() {
+        let a = offsets("uniform-random", &[("accesses", "100")]);
+        assert_eq!(a, offsets("uniform-random", &[("accesses", "100")]));
+        let params = [("bogus".to_string(), "1".to_string())].into_iter().collect();
+        let error = build("seq-scan", &params, &context()).err().expect("rejected");
+        assert!(error.to_string().contains("unknown parameter 'bogus'"), "{error}");
+        assert!(build("nope", &Params::new(), &context()).is_err());
+    }
+}
