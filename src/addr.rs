@@ -303,6 +303,7 @@ impl Level {
 
 /// How many levels a walk has: 4 (48-bit linear addresses) or 5 (LA57, 57-bit).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 pub enum PagingLevels {
     /// 4-level paging.
     #[default]
@@ -340,6 +341,19 @@ impl PagingLevels {
             Self::Four => 48,
             Self::Five => 57,
         }
+    }
+}
+
+impl From<PagingLevels> for u8 {
+    fn from(levels: PagingLevels) -> u8 {
+        levels.count()
+    }
+}
+
+impl TryFrom<u8> for PagingLevels {
+    type Error = String;
+    fn try_from(count: u8) -> Result<Self, String> {
+        Self::from_count(count).ok_or_else(|| format!("paging levels must be 4 or 5, not {count}"))
     }
 }
 

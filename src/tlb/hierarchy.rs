@@ -117,9 +117,9 @@ pub struct TlbHit {
 /// Hit and miss counts by level.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
 pub struct TlbLevelStats {
-    /// Lookups that hit in an L1 TLB.
+    /// Lookups that hit in an L1 TLB (or in the single level of `TlbConfig::Single`).
     pub l1_hits: u64,
-    /// Lookups that missed L1 and hit L2 (or hit the single level).
+    /// Lookups that missed L1 and hit L2.
     pub l2_hits: u64,
     /// Lookups that missed everywhere.
     pub misses: u64,
@@ -131,6 +131,8 @@ pub struct Tlb {
     l1i: Level,
     l1d: Level,
     l2: Level,
+    /// Only the unified level exists (`TlbConfig::Single`): its hits count as L1 hits.
+    single: bool,
     stats: TlbLevelStats,
 }
 
@@ -143,12 +145,14 @@ impl Tlb {
                 l1i: Level { k4: array(128, 8), m2: array(8, 8), g1: None, m2_in_k4: false },
                 l1d: Level { k4: array(64, 4), m2: array(32, 4), g1: array(4, 4), m2_in_k4: false },
                 l2: Level { k4: array(1536, 12), m2: None, g1: array(16, 4), m2_in_k4: true },
+                single: false,
                 stats: TlbLevelStats::default(),
             },
             TlbConfig::Single { entries, ways } => Self {
                 l1i: Level::default(),
                 l1d: Level::default(),
                 l2: Level { k4: array(entries, ways), ..Level::default() },
+                single: true,
                 stats: TlbLevelStats::default(),
             },
         }
@@ -164,6 +168,10 @@ impl Tlb {
             return Some(TlbHit { entry, level: 1 });
         }
         if let Some(entry) = self.l2.lookup(va, tag) {
+            if self.single {
+                self.stats.l1_hits += 1;
+                return Some(TlbHit { entry, level: 1 });
+            }
             l1.insert(entry, va);
             self.stats.l2_hits += 1;
             return Some(TlbHit { entry, level: 2 });
@@ -257,7 +265,7 @@ mod tests {
         assert_eq!(hit.entry.translate(va), Hpa::new(0x4000_3000));
         // A neighbouring 4K page of the same large page was not cached.
         assert!(tlb.lookup(Gva::new_truncate(0x20_4000), false, tag).is_none());
-        assert_eq!(tlb.stats(), TlbLevelStats { l1_hits: 0, l2_hits: 1, misses: 1 });
+        assert_eq!(tlb.stats(), TlbLevelStats { l1_hits: 1, l2_hits: 0, misses: 1 });
     }
 
     #[test]

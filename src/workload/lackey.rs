@@ -3,7 +3,8 @@
 //! Lines look like `I  04016b90,3` (instruction fetch), ` L 1ffefffd40,8` (load),
 //! ` S 1ffefffd38,8` (store) and ` M 0421fc58,4` (modify: one write access). Every other line
 //! (valgrind's `==pid==` banner, the program's own output) is ignored. The whole trace is one
-//! process whose every touched page is an anonymous read-write-execute mapping.
+//! process whose every touched page is an anonymous read-write-execute mapping. A file that
+//! starts with the gzip magic bytes is decompressed as it is read.
 
 use std::fs::File;
 use std::io::Read;
@@ -116,11 +117,23 @@ pub struct LackeyTrace<R> {
 
 const CHUNK: usize = 1 << 20;
 
-impl LackeyTrace<File> {
-    /// Opens a trace file; its accesses belong to process `pid`.
+/// The first two bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+impl LackeyTrace<Box<dyn Read + Send>> {
+    /// Opens a trace file, plain or gzip-compressed; its accesses belong to process `pid`.
     pub fn open(path: &Path, pid: Pid) -> Result<Self, WorkloadError> {
-        let file = File::open(path).map_err(|source| WorkloadError::Io { path: path.to_path_buf(), source })?;
-        Ok(Self::from_reader(path, file, pid))
+        let io = |source| WorkloadError::Io { path: path.to_path_buf(), source };
+        let mut file = File::open(path).map_err(io)?;
+        let mut magic = [0u8; 2];
+        let got = file.read(&mut magic).map_err(io)?;
+        let file = std::io::Cursor::new(magic[..got].to_vec()).chain(file);
+        let reader: Box<dyn Read + Send> = if got == 2 && magic == GZIP_MAGIC {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        Ok(Self::from_reader(path, reader, pid))
     }
 }
 
