@@ -13,13 +13,13 @@
 //!   into estimated cycles; [`report`] prints them.
 
 pub mod addr;
-pub mod paging;
-pub mod memory;
-pub mod tlb;
 pub mod cost;
 pub mod guest;
+pub mod memory;
+pub mod paging;
 pub mod report;
 pub mod sim;
+pub mod tlb;
 pub mod vcpu;
 pub mod vmm;
 pub mod workload;

@@ -108,7 +108,12 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 
 impl MachineArgs {
     fn config(&self, seed: u64) -> Result<SimConfig, String> {
-        let mut config = SimConfig { seed, guest_ram: self.guest_ram, guest_page_size: self.guest_page_size, ..SimConfig::default() };
+        let mut config = SimConfig {
+            seed,
+            guest_ram: self.guest_ram,
+            guest_page_size: self.guest_page_size,
+            ..SimConfig::default()
+        };
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
         if let (Some(entries), Some(ways)) = (self.tlb_entries, self.tlb_ways) {
             if ways == 0 || entries == 0 || entries % ways != 0 {

@@ -113,7 +113,16 @@ fn five_level_walks_read_five_entries() {
 fn the_same_seed_gives_the_same_output_byte_for_byte() {
     let run = |seed: &str| {
         Command::new(env!("CARGO_BIN_EXE_memvirt"))
-            .args(["run", "--workload", "uniform-random", "--param", "accesses=20000", "--seed", seed, "--json"])
+            .args([
+                "run",
+                "--workload",
+                "uniform-random",
+                "--param",
+                "accesses=20000",
+                "--seed",
+                seed,
+                "--json",
+            ])
             .output()
             .expect("runs")
             .stdout

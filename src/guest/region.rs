@@ -41,9 +41,7 @@ pub struct Region {
 impl Region {
     /// Whether `va` falls inside the region.
     pub fn contains(&self, va: Gva) -> bool {
-        va.as_u64()
-            .checked_sub(self.start.as_u64())
-            .is_some_and(|offset| offset < self.len)
+        va.as_u64().checked_sub(self.start.as_u64()).is_some_and(|offset| offset < self.len)
     }
 
     /// Whether the region's rights allow `access`.

@@ -40,12 +40,7 @@ pub struct OutOfFrames {
 
 impl fmt::Display for OutOfFrames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "out of memory: all {} frames ({} MiB) are in use",
-            self.capacity,
-            self.capacity / 256
-        )
+        write!(f, "out of memory: all {} frames ({} MiB) are in use", self.capacity, self.capacity / 256)
     }
 }
 

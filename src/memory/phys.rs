@@ -77,12 +77,7 @@ impl crate::paging::TableMemory<Hpa> for PhysMemory {
     }
 
     #[inline]
-    fn write_entry(
-        &mut self,
-        addr: Hpa,
-        _level: crate::addr::Level,
-        value: u64,
-    ) -> Result<(), Self::Error> {
+    fn write_entry(&mut self, addr: Hpa, _level: crate::addr::Level, value: u64) -> Result<(), Self::Error> {
         self.write_u64(addr, value);
         Ok(())
     }

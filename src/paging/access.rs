@@ -106,11 +106,8 @@ impl fmt::Display for PfErrorCode {
             (Self::RESERVED, "RSVD"),
             (Self::FETCH, "I/D"),
         ];
-        let set: Vec<&str> = names
-            .iter()
-            .filter(|(bit, _)| self.0 & bit != 0)
-            .map(|(_, name)| *name)
-            .collect();
+        let set: Vec<&str> =
+            names.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, name)| *name).collect();
         if set.is_empty() {
             f.write_str("-")
         } else {

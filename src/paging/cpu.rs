@@ -51,11 +51,7 @@ impl Default for CpuState {
 impl CpuState {
     /// Entry bits 51:MAXPHYADDR, reserved in every paging-structure entry.
     pub const fn above_maxphyaddr_mask(&self) -> u64 {
-        let bits = if self.phys_bits > MAX_PHYS_BITS {
-            MAX_PHYS_BITS
-        } else {
-            self.phys_bits
-        };
+        let bits = if self.phys_bits > MAX_PHYS_BITS { MAX_PHYS_BITS } else { self.phys_bits };
         ((1u64 << MAX_PHYS_BITS) - 1) & !((1u64 << bits) - 1)
     }
 }

@@ -84,10 +84,9 @@ impl Pte {
             _ => None,
         };
         match leaf_size {
-            Some(size) => PteKind::Leaf {
-                frame: P::from_raw(self.0 & Self::ADDRESS_MASK & !(size.bytes() - 1)),
-                size,
-            },
+            Some(size) => {
+                PteKind::Leaf { frame: P::from_raw(self.0 & Self::ADDRESS_MASK & !(size.bytes() - 1)), size }
+            }
             None => PteKind::Table(P::from_raw(self.0 & Self::ADDRESS_MASK)),
         }
     }
@@ -167,10 +166,10 @@ mod tests {
             large.kind::<Hpa>(Level::Pd),
             PteKind::Leaf { frame: Hpa::new(0x4020_0000), size: PageSize::Size2M }
         );
-        assert_eq!(large.kind::<Hpa>(Level::Pdpt), PteKind::Leaf {
-            frame: Hpa::new(0x4000_0000),
-            size: PageSize::Size1G
-        });
+        assert_eq!(
+            large.kind::<Hpa>(Level::Pdpt),
+            PteKind::Leaf { frame: Hpa::new(0x4000_0000), size: PageSize::Size1G }
+        );
         // In a PTE bit 7 is PAT, so this is still a 4 KiB leaf.
         assert_eq!(
             Pte(0x5000 | Pte::PRESENT | Pte::PAGE_SIZE).kind::<Hpa>(Level::Pt),

@@ -27,12 +27,22 @@ fn rows(report: &RunReport) -> Vec<(&'static str, String)> {
             "VM exits",
             format!(
                 "{} (cr3 {}, invlpg {}, #PF {}, pt-write {}, ept-violation {}, ept-misconfig {}, mmio {})",
-                e.total, e.cr3_write, e.invlpg, e.page_fault, e.pt_write, e.ept_violation, e.ept_misconfig, e.mmio
+                e.total,
+                e.cr3_write,
+                e.invlpg,
+                e.page_fault,
+                e.pt_write,
+                e.ept_violation,
+                e.ept_misconfig,
+                e.mmio
             ),
         ),
         (
             "page-table bytes (guest / shadow / EPT)",
-            format!("{} / {} / {}", s.page_table_bytes.guest, s.page_table_bytes.shadow, s.page_table_bytes.ept),
+            format!(
+                "{} / {} / {}",
+                s.page_table_bytes.guest, s.page_table_bytes.shadow, s.page_table_bytes.ept
+            ),
         ),
         ("estimated cycles", report.cycles.to_string()),
     ]

@@ -125,7 +125,12 @@ pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> R
     Ok(RunReport { mode, stats, cycles })
 }
 
-fn run_with<M: Mode>(mode: M, vpid: u16, config: &SimConfig, workload: &mut dyn Workload) -> Result<Stats, SimError> {
+fn run_with<M: Mode>(
+    mode: M,
+    vpid: u16,
+    config: &SimConfig,
+    workload: &mut dyn Workload,
+) -> Result<Stats, SimError> {
     let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     while let Some(op) = workload.next_op()? {

@@ -97,12 +97,7 @@ fn split(entry: TlbEntry, va: Gva, size: PageSize) -> TlbEntry {
         return entry;
     }
     let offset = va.page_offset(entry.size) & !(size.bytes() - 1);
-    TlbEntry {
-        vpn: page_number(va, size),
-        size,
-        page: Hpa::new(entry.page.as_u64() | offset),
-        ..entry
-    }
+    TlbEntry { vpn: page_number(va, size), size, page: Hpa::new(entry.page.as_u64() | offset), ..entry }
 }
 
 /// Where a lookup hit.

@@ -44,13 +44,9 @@ pub fn parse_line(line: &[u8]) -> Result<Option<LackeyRecord>, String> {
     let address = parse_hex(&rest[..comma])
         .ok_or_else(|| format!("expected a hexadecimal address, found '{}'", show(&rest[..comma])))?;
     let size_text = trim_spaces(&rest[comma + 1..]);
-    let size = parse_decimal(size_text)
-        .filter(|size| (1..=MAX_ACCESS_BYTES).contains(size))
-        .ok_or_else(|| {
-            format!(
-                "expected an access size from 1 to {MAX_ACCESS_BYTES} bytes, found '{}'",
-                show(size_text)
-            )
+    let size =
+        parse_decimal(size_text).filter(|size| (1..=MAX_ACCESS_BYTES).contains(size)).ok_or_else(|| {
+            format!("expected an access size from 1 to {MAX_ACCESS_BYTES} bytes, found '{}'", show(size_text))
         })?;
     Ok(Some(LackeyRecord { kind, address, size }))
 }
@@ -203,8 +199,11 @@ impl<R: Read> Workload for LackeyTrace<R> {
             return Ok(Some(Op::Spawn { pid: self.pid, anywhere: true }));
         }
         while let Some((from, to)) = self.next_line()? {
-            let parsed = parse_line(&self.buffer[from..to])
-                .map_err(|message| WorkloadError::Parse { path: self.path.clone(), line: self.line, message })?;
+            let parsed = parse_line(&self.buffer[from..to]).map_err(|message| WorkloadError::Parse {
+                path: self.path.clone(),
+                line: self.line,
+                message,
+            })?;
             if let Some(record) = parsed {
                 let va = Gva::try_new(record.address).map_err(|e| WorkloadError::Parse {
                     path: self.path.clone(),

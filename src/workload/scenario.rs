@@ -56,7 +56,8 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
     },
     ScenarioSpec {
         name: "pointer-chase",
-        description: "dependent loads following a random cycle through a buffer: every load a likely TLB miss",
+        description:
+            "dependent loads following a random cycle through a buffer: every load a likely TLB miss",
         params: &[("size", "256M"), ("accesses", "1000000")],
         build: build_pointer_chase,
     },
@@ -68,7 +69,11 @@ pub fn find(name: &str) -> Option<&'static ScenarioSpec> {
 }
 
 /// Builds scenario `name` from `params`.
-pub fn build(name: &str, params: &Params, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+pub fn build(
+    name: &str,
+    params: &Params,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
     let spec = find(name).ok_or_else(|| WorkloadError::UnknownScenario(name.to_string()))?;
     let mut reader = ParamReader { spec, given: params.clone() };
     let workload = (spec.build)(&mut reader, context)?;
@@ -95,8 +100,9 @@ impl ParamReader {
     /// A count or byte size; accepts k/m/g suffixes (powers of 1024).
     fn size(&mut self, key: &str, min: u64) -> Result<u64, WorkloadError> {
         let text = self.raw(key);
-        let value = parse_size(&text)
-            .ok_or_else(|| self.error(format!("{key}={text}: expected a whole number with an optional k, m or g suffix")))?;
+        let value = parse_size(&text).ok_or_else(|| {
+            self.error(format!("{key}={text}: expected a whole number with an optional k, m or g suffix"))
+        })?;
         if value < min {
             return Err(self.error(format!("{key}={text}: must be at least {min}")));
         }
@@ -127,11 +133,21 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 /// How a single-buffer scenario picks its next offset.
 enum Pattern {
-    Sequential { offset: u64, stride: u64 },
-    Random { rng: Rng, write_percent: u64 },
+    Sequential {
+        offset: u64,
+        stride: u64,
+    },
+    Random {
+        rng: Rng,
+        write_percent: u64,
+    },
     /// A full-period linear congruential sequence over `2^bits` element indices, skipping
     /// indices past the buffer: a random cycle through every element, with no table.
-    Chase { index: u64, mask: u64, elements: u64 },
+    Chase {
+        index: u64,
+        mask: u64,
+        elements: u64,
+    },
 }
 
 /// One process, one buffer, a stream of accesses into it.
@@ -179,7 +195,9 @@ impl Workload for BufferScenario {
             Pattern::Chase { index, mask, elements } => {
                 loop {
                     // Hull-Dobell: c odd and a - 1 divisible by 4 give a full period mod 2^k.
-                    *index = index.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) & *mask;
+                    *index =
+                        index.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407)
+                            & *mask;
                     if *index < *elements {
                         break;
                     }
@@ -192,7 +210,10 @@ impl Workload for BufferScenario {
     }
 }
 
-fn build_seq_scan(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+fn build_seq_scan(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
     let size = params.size("size", 4096)?;
     let stride = params.size("stride", 1)?;
     let passes = params.size("passes", 1)?;
@@ -201,7 +222,10 @@ fn build_seq_scan(params: &mut ParamReader, context: &ScenarioContext) -> Result
     Ok(Box::new(BufferScenario::new(size, per_pass.saturating_mul(passes), pattern, context)))
 }
 
-fn build_uniform_random(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+fn build_uniform_random(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
     let size = params.size("size", 4096)?;
     let accesses = params.size("accesses", 1)?;
     let write_percent = params.size("write-percent", 0)?;
@@ -212,7 +236,10 @@ fn build_uniform_random(params: &mut ParamReader, context: &ScenarioContext) -> 
     Ok(Box::new(BufferScenario::new(size, accesses, pattern, context)))
 }
 
-fn build_pointer_chase(params: &mut ParamReader, context: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+fn build_pointer_chase(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
     let size = params.size("size", 4096)?;
     let accesses = params.size("accesses", 1)?;
     let elements = size / 64;
@@ -253,9 +280,10 @@ mod tests {
 
     #[test]
     fn seq_scan_walks_in_order_and_wraps() {
-        assert_eq!(offsets("seq-scan", &[("size", "16k"), ("stride", "4k"), ("passes", "2")]), vec![
-            0, 4096, 8192, 12288, 0, 4096, 8192, 12288
-        ]);
+        assert_eq!(
+            offsets("seq-scan", &[("size", "16k"), ("stride", "4k"), ("passes", "2")]),
+            vec![0, 4096, 8192, 12288, 0, 4096, 8192, 12288]
+        );
     }
 
     #[test]
