@@ -84,6 +84,9 @@ struct MachineArgs {
     /// Page size for regions that allow large pages: 4k or 2m.
     #[arg(long, default_value = "4k", value_parser = parse_page_size)]
     guest_page_size: PageSize,
+    /// Turn off the paging-structure caches and the nested TLB, so every walk is cold.
+    #[arg(long)]
+    no_walk_caches: bool,
     /// Guest RAM, e.g. 64G.
     #[arg(long, default_value = "64G", value_parser = parse_bytes)]
     guest_ram: u64,
@@ -114,6 +117,7 @@ impl MachineArgs {
             guest_page_size: self.guest_page_size,
             ..SimConfig::default()
         };
+        config.walk_caches = !self.no_walk_caches;
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
         if let (Some(entries), Some(ways)) = (self.tlb_entries, self.tlb_ways) {
             if ways == 0 || entries == 0 || entries % ways != 0 {

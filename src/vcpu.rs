@@ -1,10 +1,10 @@
 //! The virtual CPU: control registers, TLBs and counters, and the access path every mode
 //! shares — TLB lookup first, the mode's walk on a miss.
 
-use crate::addr::{Gpa, Gva, Hpa, PageSize};
-use crate::paging::{Access, CpuState, PageFault, Rights};
+use crate::addr::{Gpa, Gva, Hpa, PageSize, PhysAddr};
+use crate::paging::{walk_from, Access, AdPolicy, CpuState, PageFault, Rights, TableMemory, WalkOutcome, WalkStart};
 use crate::sim::stats::Stats;
-use crate::tlb::{Tlb, TlbConfig, TlbEntry, TlbTag};
+use crate::tlb::{NestedTlb, PagingStructureCache, Tlb, TlbConfig, TlbEntry, TlbTag};
 use crate::vmm::Mode;
 
 /// A guest CR3 value: the root table's guest-physical address, the PCID (bits 11:0, with
@@ -68,6 +68,11 @@ pub struct Vcpu {
     pub cr3: Cr3,
     /// The TLBs.
     pub tlb: Tlb,
+    /// Paging-structure caches (`None` with `--no-walk-caches`).
+    pub psc: Option<PagingStructureCache>,
+    /// The nested TLB for the second dimension of nested walks (`None` with
+    /// `--no-walk-caches`).
+    pub nested_tlb: Option<NestedTlb>,
     /// This vCPU's VPID (0 natively).
     pub vpid: u16,
     /// Counters.
@@ -75,9 +80,57 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// A vCPU with empty TLBs.
-    pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16) -> Self {
-        Self { cpu, cr3: Cr3::default(), tlb: Tlb::new(tlb), vpid, stats: Stats::default() }
+    /// A vCPU with empty TLBs, and walk caches if `walk_caches`.
+    pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16, walk_caches: bool) -> Self {
+        Self {
+            cpu,
+            cr3: Cr3::default(),
+            tlb: Tlb::new(tlb),
+            psc: walk_caches.then(PagingStructureCache::default),
+            nested_tlb: walk_caches.then(NestedTlb::default),
+            vpid,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The walk the CPU makes through the tables at `root` (1D, or the guest dimension of a
+    /// nested walk), starting as low as the paging-structure caches allow and filling them
+    /// after a successful walk. Counting is the memory's business (see `Counted`).
+    pub fn cached_walk<P: PhysAddr, M: TableMemory<P>>(
+        &mut self,
+        mem: &mut M,
+        root: P,
+        va: Gva,
+        access: Access,
+    ) -> WalkOutcome<P, M::Error> {
+        let tag = self.tag();
+        let start = match self.psc.as_mut().map(|psc| psc.start(va, tag)) {
+            Some(Some(start)) => {
+                self.stats.walk_caches.psc_hits += 1;
+                start
+            }
+            Some(None) => {
+                self.stats.walk_caches.psc_misses += 1;
+                WalkStart::root(root, &self.cpu)
+            }
+            None => WalkStart::root(root, &self.cpu),
+        };
+        let psc = &mut self.psc;
+        walk_from(mem, start, va, access, &self.cpu, AdPolicy::Update, |step| {
+            if let Some(psc) = psc.as_mut() {
+                psc.fill(va, tag, step);
+            }
+        })
+    }
+
+    /// Drops every TLB and paging-structure-cache entry of this vCPU's VPID, global ones
+    /// included: what a VMM does after it changes tables the CPU may have cached.
+    pub fn flush_all(&mut self) {
+        self.tlb.flush_vpid(self.vpid, false);
+        let vpid = self.vpid;
+        if let Some(psc) = self.psc.as_mut() {
+            psc.flush(|tag| tag.vpid == vpid);
+        }
     }
 
     /// The tag current translations carry.
@@ -135,13 +188,19 @@ impl Vcpu {
     pub fn load_cr3(&mut self, cr3: Cr3) {
         self.cr3 = cr3;
         self.stats.cr3_loads += 1;
+        let tag = self.tag();
         if self.cpu.pcide {
             if !cr3.no_flush {
-                let tag = self.tag();
                 self.tlb.flush_pcid(tag);
+                if let Some(psc) = self.psc.as_mut() {
+                    psc.flush(|t| t == tag);
+                }
             }
         } else {
             self.tlb.flush_vpid(self.vpid, self.cpu.pge);
+            if let Some(psc) = self.psc.as_mut() {
+                psc.flush(|t| t.vpid == tag.vpid);
+            }
         }
     }
 
@@ -150,5 +209,9 @@ impl Vcpu {
         self.stats.invlpgs += 1;
         let tag = self.tag();
         self.tlb.invlpg(va, tag);
+        // INVLPG also invalidates paging-structure-cache entries of the current PCID.
+        if let Some(psc) = self.psc.as_mut() {
+            psc.flush(|t| t == tag);
+        }
     }
 }

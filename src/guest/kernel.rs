@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels, PAGE_BYTES};
-use crate::guest::page_table::{self, Leaf, MapError, KERNEL_TABLE_FLAGS, USER_TABLE_FLAGS};
+use crate::guest::page_table::{self, GuestTables, Leaf, KERNEL_TABLE_FLAGS, USER_TABLE_FLAGS};
+use crate::paging::builder::InstallError;
 use crate::guest::platform::Platform;
 use crate::guest::region::{Prot, Region};
 use crate::memory::{FrameAllocator, FrameNumber, OutOfFrames};
@@ -194,15 +195,16 @@ impl Kernel {
     }
 
     fn install(&mut self, p: &mut impl Platform, root: Gpa, leaf: Leaf) -> Result<(), KernelError> {
-        match page_table::map(p, &mut self.small, root, self.levels, leaf) {
+        let mut tables = GuestTables { platform: p, frames: &mut self.small };
+        match page_table::map(&mut tables, root, self.levels, leaf) {
             Ok(created) => {
                 self.table_frames += created;
                 Ok(())
             }
-            Err(MapError::OutOfMemory(e)) => Err(e.into()),
+            Err(InstallError::OutOfMemory(e)) => Err(e.into()),
             // The kernel only maps into holes it found; a large page in the way means the
             // caller asked for a 4 KiB page inside a 2 MiB one, which the fault path avoids.
-            Err(MapError::LargePageInTheWay) => Ok(()),
+            Err(InstallError::LargePageInTheWay) => Ok(()),
         }
     }
 
@@ -312,7 +314,7 @@ impl Kernel {
         }
         let root = process.root.start();
         let slot = page_table::lookup(p, root, va, levels);
-        if slot.is_leaf() {
+        if slot.leaf {
             // Present: the tables already allow what the region allows.
             p.invlpg(va);
             return Ok(FaultResolution::Spurious);

@@ -1,9 +1,11 @@
-//! How the guest kernel edits its page tables: software walks over its own memory, through
-//! [`Platform`] so that every read and write is seen by the virtualization mode.
+//! How the guest kernel edits its page tables: the shared table builder over the kernel's own
+//! memory, reached through [`Platform`] so every read and write is seen by the virtualization
+//! mode.
 
-use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels};
+use crate::addr::{Gfn, Gpa, Gva, PageSize, PagingLevels};
 use crate::guest::platform::Platform;
 use crate::memory::{FrameAllocator, OutOfFrames};
+use crate::paging::builder::{self, EntryFormat, InstallError, Slot, TableStore};
 use crate::paging::Pte;
 
 /// Flags of an entry that points at a user-half table (Linux's `_PAGE_TABLE`).
@@ -11,58 +13,44 @@ pub const USER_TABLE_FLAGS: u64 = Pte::PRESENT | Pte::WRITABLE | Pte::USER | Pte
 /// Flags of an entry that points at a kernel-half table (Linux's `_KERNPG_TABLE`).
 pub const KERNEL_TABLE_FLAGS: u64 = Pte::PRESENT | Pte::WRITABLE | Pte::ACCESSED | Pte::DIRTY;
 
-/// Where a software walk stopped.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Slot {
-    /// The entry's guest-physical address.
-    pub entry: Gpa,
-    /// Its value.
-    pub value: Pte,
-    /// The level of its table.
-    pub level: Level,
+/// The guest kernel's tables as a [`TableStore`]: new tables come from its frame allocator
+/// and are zeroed through the platform.
+pub struct GuestTables<'a, P> {
+    /// The machine.
+    pub platform: &'a mut P,
+    /// Where new table frames come from.
+    pub frames: &'a mut FrameAllocator<Gfn>,
 }
 
-impl Slot {
-    /// Whether the walk ended on a present leaf.
-    pub fn is_leaf(&self) -> bool {
-        self.value.has(Pte::PRESENT)
-            && (self.level == Level::Pt || (self.value.has(Pte::PAGE_SIZE) && self.level <= Level::Pdpt))
+impl<P: Platform> TableStore<Gpa> for GuestTables<'_, P> {
+    fn read(&mut self, addr: Gpa) -> u64 {
+        self.platform.read_phys(addr)
+    }
+    fn write(&mut self, addr: Gpa, value: u64) {
+        self.platform.write_phys(addr, value);
+    }
+    fn new_table(&mut self) -> Result<Gpa, OutOfFrames> {
+        let gfn = self.frames.allocate()?;
+        self.platform.zero_frame(gfn);
+        Ok(gfn.start())
     }
 }
 
-/// The address of the entry for `va` in the table at `table`.
-pub fn entry_address(table: Gpa, va: Gva, level: Level) -> Gpa {
-    Gpa::new(table.as_u64() | va.table_index(level).byte_offset())
-}
-
-/// Walks from `root` towards `va` and returns the first entry that is not present, or the leaf.
-pub fn lookup(p: &mut impl Platform, root: Gpa, va: Gva, levels: PagingLevels) -> Slot {
-    let mut table = root;
-    let mut level = levels.root();
-    loop {
-        let entry = entry_address(table, va, level);
-        let value = Pte(p.read_phys(entry));
-        let slot = Slot { entry, value, level };
-        if !value.has(Pte::PRESENT) || slot.is_leaf() {
-            return slot;
+/// Follows `va` from `root` to the first non-present entry or the leaf.
+pub fn lookup(p: &mut impl Platform, root: Gpa, va: Gva, levels: PagingLevels) -> Slot<Gpa> {
+    struct ReadOnly<'a, P>(&'a mut P);
+    impl<P: Platform> TableStore<Gpa> for ReadOnly<'_, P> {
+        fn read(&mut self, addr: Gpa) -> u64 {
+            self.0.read_phys(addr)
         }
-        match level.next_lower() {
-            Some(lower) => {
-                table = Gpa::new(value.0 & Pte::ADDRESS_MASK);
-                level = lower;
-            }
-            None => return slot,
+        fn write(&mut self, addr: Gpa, value: u64) {
+            self.0.write_phys(addr, value);
+        }
+        fn new_table(&mut self) -> Result<Gpa, OutOfFrames> {
+            Err(OutOfFrames { capacity: 0 })
         }
     }
-}
-
-/// Why a mapping could not be installed.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum MapError {
-    /// Guest RAM ran out while allocating a table.
-    OutOfMemory(OutOfFrames),
-    /// A larger leaf already maps part of the range.
-    LargePageInTheWay,
+    builder::lookup(&mut ReadOnly(p), EntryFormat::X86, root, levels, va.as_u64())
 }
 
 /// A leaf mapping to install.
@@ -80,44 +68,15 @@ pub struct Leaf {
     pub table_flags: u64,
 }
 
-/// Installs `leaf` under `root`, allocating any missing table from `frames` (zeroed through
-/// the platform). Returns the number of tables created.
-pub fn map(
-    p: &mut impl Platform,
-    frames: &mut FrameAllocator<Gfn>,
+/// Installs `leaf` under `root`. Returns the number of tables created.
+pub fn map<P: Platform>(
+    tables: &mut GuestTables<'_, P>,
     root: Gpa,
     levels: PagingLevels,
     leaf: Leaf,
-) -> Result<u64, MapError> {
-    let Leaf { va, size, frame, flags, table_flags } = leaf;
-    let leaf_level = match size {
-        PageSize::Size4K => Level::Pt,
-        PageSize::Size2M => Level::Pd,
-        PageSize::Size1G => Level::Pdpt,
-    };
-    let mut created = 0;
-    let mut table = root;
-    let mut level = levels.root();
-    while level > leaf_level {
-        let entry = entry_address(table, va, level);
-        let value = Pte(p.read_phys(entry));
-        if !value.has(Pte::PRESENT) {
-            let gfn = frames.allocate().map_err(MapError::OutOfMemory)?;
-            p.zero_frame(gfn);
-            p.write_phys(entry, Pte::new(gfn.start(), table_flags).0);
-            created += 1;
-            table = gfn.start();
-        } else if value.has(Pte::PAGE_SIZE) && level <= Level::Pdpt {
-            return Err(MapError::LargePageInTheWay);
-        } else {
-            table = Gpa::new(value.0 & Pte::ADDRESS_MASK);
-        }
-        level = match level.next_lower() {
-            Some(lower) => lower,
-            None => break,
-        };
-    }
-    let leaf_flags = if size == PageSize::Size4K { flags } else { flags | Pte::PAGE_SIZE };
-    p.write_phys(entry_address(table, va, level), Pte::new(frame, leaf_flags).0);
-    Ok(created)
+) -> Result<u64, InstallError> {
+    let flags = if leaf.size == PageSize::Size4K { leaf.flags } else { leaf.flags | Pte::PAGE_SIZE };
+    let entry = Pte::new(leaf.frame, flags).0;
+    builder::install(tables, EntryFormat::X86, root, levels, leaf.va.as_u64(), leaf.size, entry, leaf.table_flags)
+        .map(|(created, _)| created)
 }

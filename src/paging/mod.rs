@@ -12,6 +12,7 @@ pub use access::{Access, AccessKind, PfErrorCode, Privilege};
 pub use cpu::CpuState;
 pub use entry::Pte;
 pub use permission::Rights;
-pub use walker::{walk, AdPolicy, PageFault, TableMemory, Translation, WalkOutcome};
+pub use walker::{walk, walk_from, AdPolicy, PageFault, TableMemory, TableStep, Translation, WalkOutcome, WalkStart};
 pub mod counting;
 pub use counting::Counted;
+pub mod builder;

@@ -84,6 +84,36 @@ pub enum WalkOutcome<P, E> {
     Memory(E),
 }
 
+/// Where a walk begins: at the root, or lower down where a paging-structure cache supplied
+/// the upper entries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct WalkStart<P> {
+    /// The table to read first.
+    pub table: P,
+    /// Its level.
+    pub level: Level,
+    /// The rights the skipped upper entries grant.
+    pub rights: Rights,
+}
+
+impl<P: PhysAddr> WalkStart<P> {
+    /// A full walk from the root table (CR3's address bits).
+    pub fn root(root: P, cpu: &CpuState) -> Self {
+        Self { table: root, level: cpu.levels.root(), rights: Rights::ALL }
+    }
+}
+
+/// One non-leaf entry a successful walk passed through, as a paging-structure cache keeps it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TableStep<P> {
+    /// The level of the entry.
+    pub level: Level,
+    /// The next-lower table it points at.
+    pub next: P,
+    /// Rights accumulated down to and including this entry.
+    pub rights: Rights,
+}
+
 /// Translates `va` for `access` starting from the root table at `root` (CR3's address bits).
 pub fn walk<P: PhysAddr, M: TableMemory<P>>(
     mem: &mut M,
@@ -92,6 +122,20 @@ pub fn walk<P: PhysAddr, M: TableMemory<P>>(
     access: Access,
     cpu: &CpuState,
     ad: AdPolicy,
+) -> WalkOutcome<P, M::Error> {
+    walk_from(mem, WalkStart::root(root, cpu), va, access, cpu, ad, |_| {})
+}
+
+/// Translates `va` starting at `start`. After a successful walk, `on_table` is told every
+/// non-leaf entry used, top down, so a paging-structure cache can keep them.
+pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
+    mem: &mut M,
+    start: WalkStart<P>,
+    va: Gva,
+    access: Access,
+    cpu: &CpuState,
+    ad: AdPolicy,
+    mut on_table: impl FnMut(TableStep<P>),
 ) -> WalkOutcome<P, M::Error> {
     if !va.is_canonical_for(cpu.levels) {
         return WalkOutcome::NonCanonical;
@@ -112,11 +156,11 @@ pub fn walk<P: PhysAddr, M: TableMemory<P>>(
     };
 
     // Entries used, root first, so A bits can be set once the walk has succeeded.
-    let mut used: [(u64, u64, Level); 5] = [(0, 0, Level::Pt); 5];
+    let mut used: [(u64, u64, Level, Rights); 5] = [(0, 0, Level::Pt, Rights::ALL); 5];
     let mut used_len = 0;
-    let mut rights = Rights::ALL;
-    let mut table = root.raw() & Pte::ADDRESS_MASK;
-    let mut level = cpu.levels.root();
+    let mut rights = start.rights;
+    let mut table = start.table.raw() & Pte::ADDRESS_MASK;
+    let mut level = start.level;
     loop {
         let index: TableIndex = va.table_index(level);
         let entry_addr = table | index.byte_offset();
@@ -134,7 +178,7 @@ pub fn walk<P: PhysAddr, M: TableMemory<P>>(
         rights.writable &= pte.has(Pte::WRITABLE);
         rights.user &= pte.has(Pte::USER);
         rights.no_execute |= cpu.nxe && pte.has(Pte::NO_EXECUTE);
-        used[used_len] = (entry_addr, raw, level);
+        used[used_len] = (entry_addr, raw, level, rights);
         used_len += 1;
 
         let leaf_size = match level {
@@ -148,7 +192,7 @@ pub fn walk<P: PhysAddr, M: TableMemory<P>>(
             }
             let mut dirty = pte.has(Pte::DIRTY);
             if ad == AdPolicy::Update {
-                for (i, &(addr, value, at)) in used[..used_len].iter().enumerate() {
+                for (i, &(addr, value, at, _)) in used[..used_len].iter().enumerate() {
                     let mut new = value | Pte::ACCESSED;
                     if i + 1 == used_len && access.is_write() {
                         new |= Pte::DIRTY;
@@ -160,6 +204,9 @@ pub fn walk<P: PhysAddr, M: TableMemory<P>>(
                         }
                     }
                 }
+            }
+            for &(_, value, at, so_far) in &used[..used_len - 1] {
+                on_table(TableStep { level: at, next: P::from_raw(value & Pte::ADDRESS_MASK), rights: so_far });
             }
             return WalkOutcome::Mapped(Translation {
                 page: P::from_raw(raw & Pte::ADDRESS_MASK & !(size.bytes() - 1)),

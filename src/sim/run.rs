@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// The page size regions that may use large pages get.
     pub guest_page_size: PageSize,
+    /// Whether paging-structure caches and the nested TLB are on.
+    pub walk_caches: bool,
     /// Cycle costs.
     pub cost: CostModel,
 }
@@ -60,6 +62,7 @@ impl Default for SimConfig {
             guest_ram: KernelConfig::default().ram_bytes,
             seed: 1,
             guest_page_size: PageSize::Size4K,
+            walk_caches: true,
             cost: CostModel::default(),
         }
     }
@@ -131,7 +134,7 @@ fn run_with<M: Mode>(
     config: &SimConfig,
     workload: &mut dyn Workload,
 ) -> Result<Stats, SimError> {
-    let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid) };
+    let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     while let Some(op) = workload.next_op()? {
         match op {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::tlb::TlbLevelStats;
+use crate::tlb::{TlbLevelStats, WalkCacheStats};
 
 /// VM exits by reason (all zero natively).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -55,6 +55,8 @@ pub struct Stats {
     pub walk_refs: u64,
     /// The most references one walk made.
     pub walk_refs_max: u64,
+    /// Paging-structure cache and nested TLB counters.
+    pub walk_caches: WalkCacheStats,
     /// Accessed/dirty bits written back by walks.
     pub ad_writes: u64,
     /// Page faults the guest kernel handled.

@@ -3,7 +3,7 @@
 
 use crate::addr::{Gfn, Gpa, Gva, Hfn, Hpa};
 use crate::memory::PhysMemory;
-use crate::paging::{walk, Access, AdPolicy, Counted, WalkOutcome};
+use crate::paging::{Access, Counted, WalkOutcome};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
@@ -51,7 +51,7 @@ impl Mode for Native {
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
         let root = Self::host(vcpu.cr3.root);
         let mut mem = Counted::new(&mut self.memory);
-        let outcome = walk(&mut mem, root, va, access, &vcpu.cpu, AdPolicy::Update);
+        let outcome = vcpu.cached_walk(&mut mem, root, va, access);
         vcpu.stats.record_walk(mem.reads, mem.writes);
         match outcome {
             WalkOutcome::Mapped(t) => Resolved::Mapped(Mapping {

@@ -1,0 +1,84 @@
+//! A small set-associative LRU map, the storage of the paging-structure caches and the nested
+//! TLB.
+
+/// `sets` x `ways` slots of `(key, value)`, each set most recently used first.
+#[derive(Clone, Debug)]
+pub struct LruSets<K, V> {
+    sets: usize,
+    ways: usize,
+    slots: Vec<Option<(K, V)>>,
+}
+
+impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
+    /// `entries` slots, `ways`-way (at least one set of one way).
+    pub fn new(entries: usize, ways: usize) -> Self {
+        let ways = ways.max(1);
+        let sets = (entries / ways).max(1);
+        Self { sets, ways, slots: vec![None; sets * ways] }
+    }
+
+    fn set(&mut self, hint: u64) -> &mut [Option<(K, V)>] {
+        let index = usize::try_from(hint % self.sets as u64).unwrap_or(0) * self.ways;
+        &mut self.slots[index..index + self.ways]
+    }
+
+    /// The value for `key`, which lives in set `hint mod sets`; a hit becomes most recent.
+    #[inline]
+    pub fn get(&mut self, hint: u64, key: K) -> Option<V> {
+        let set = self.set(hint);
+        let way = set.iter().position(|slot| matches!(slot, Some((k, _)) if *k == key))?;
+        set[..=way].rotate_right(1);
+        set[0].map(|(_, value)| value)
+    }
+
+    /// Stores `key -> value` as most recent, replacing an entry for the same key or the
+    /// least recently used one.
+    pub fn insert(&mut self, hint: u64, key: K, value: V) {
+        let set = self.set(hint);
+        let victim = set
+            .iter()
+            .position(|slot| matches!(slot, Some((k, _)) if *k == key))
+            .or_else(|| set.iter().position(Option::is_none))
+            .unwrap_or(set.len() - 1);
+        set[..=victim].rotate_right(1);
+        set[0] = Some((key, value));
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        for slot in &mut self.slots {
+            if slot.is_some_and(|(k, v)| !keep(&k, &v)) {
+                *slot = None;
+            }
+        }
+        // Close the gaps so every set stays most-recent-first with empties last.
+        for set in self.slots.chunks_mut(self.ways) {
+            let mut kept = 0;
+            for way in 0..set.len() {
+                if let Some(entry) = set[way].take() {
+                    set[kept] = Some(entry);
+                    kept += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_replacement_and_retain() {
+        let mut cache = LruSets::<u64, u32>::new(2, 2);
+        cache.insert(0, 1, 10);
+        cache.insert(0, 2, 20);
+        assert_eq!(cache.get(0, 1), Some(10));
+        cache.insert(0, 3, 30);
+        assert_eq!(cache.get(0, 2), None);
+        assert_eq!(cache.get(0, 3), Some(30));
+        cache.retain(|k, _| *k != 3);
+        assert_eq!(cache.get(0, 3), None);
+        assert_eq!(cache.get(0, 1), Some(10));
+    }
+}

@@ -1,0 +1,121 @@
+//! Caches that shorten page walks: the paging-structure caches (PML4E, PDPTE and PDE caches,
+//! SDM Vol. 3A §4.10.3) and the nested TLB that caches guest-physical to host-physical
+//! translations for the second dimension of a nested walk.
+//!
+//! Invalidation contract: the paging-structure caches hold upper-level entries of the tables
+//! the walker reads, tagged like TLB entries; they are flushed together with the TLB (CR3 load
+//! without no-flush, INVLPG for the current PCID, a VMM flush of the VPID). The nested TLB is
+//! tagged by VPID and must be flushed by whoever changes the nested tables.
+
+use serde::Serialize;
+
+use crate::addr::{Gpa, Gva, Hpa, Level};
+use crate::paging::{Rights, TableStep, WalkStart};
+use crate::tlb::lru::LruSets;
+use crate::tlb::TlbTag;
+
+/// Paging-structure cache counters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct WalkCacheStats {
+    /// Walks that started below the root thanks to a paging-structure cache.
+    pub psc_hits: u64,
+    /// Walks that started at the root.
+    pub psc_misses: u64,
+    /// Nested translations (GPA -> HPA) found in the nested TLB.
+    pub nested_tlb_hits: u64,
+    /// Nested translations that needed a nested walk.
+    pub nested_tlb_misses: u64,
+}
+
+type Entry = (u64, Rights);
+
+/// PML4E, PDPTE and PDE caches. Table addresses are kept raw: the walker that uses them
+/// knows its address space (GPA for a guest walk under nested paging, HPA otherwise).
+#[derive(Clone, Debug)]
+pub struct PagingStructureCache {
+    pml4e: LruSets<(TlbTag, u64), Entry>,
+    pdpte: LruSets<(TlbTag, u64), Entry>,
+    pde: LruSets<(TlbTag, u64), Entry>,
+}
+
+impl Default for PagingStructureCache {
+    /// Sizes in the range of recent Intel cores: 4 PML4E, 4 PDPTE and 32 PDE entries.
+    fn default() -> Self {
+        Self { pml4e: LruSets::new(4, 4), pdpte: LruSets::new(4, 4), pde: LruSets::new(32, 4) }
+    }
+}
+
+impl PagingStructureCache {
+    /// The lowest point a walk of `va` can start from, if any cache holds it.
+    pub fn lookup(&mut self, va: Gva, tag: TlbTag) -> Option<(u64, Level, Rights)> {
+        let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
+        if let Some((table, rights)) = self.pde.get(prefix(21), (tag, prefix(21))) {
+            return Some((table, Level::Pt, rights));
+        }
+        if let Some((table, rights)) = self.pdpte.get(prefix(30), (tag, prefix(30))) {
+            return Some((table, Level::Pd, rights));
+        }
+        if let Some((table, rights)) = self.pml4e.get(prefix(39), (tag, prefix(39))) {
+            return Some((table, Level::Pdpt, rights));
+        }
+        None
+    }
+
+    /// The walk start for `va`, as a typed [`WalkStart`], if a cache holds one.
+    pub fn start<P: crate::addr::PhysAddr>(&mut self, va: Gva, tag: TlbTag) -> Option<WalkStart<P>> {
+        self.lookup(va, tag).map(|(table, level, rights)| WalkStart { table: P::from_raw(table), level, rights })
+    }
+
+    /// Keeps a non-leaf entry a successful walk of `va` used.
+    pub fn fill<P: crate::addr::PhysAddr>(&mut self, va: Gva, tag: TlbTag, step: TableStep<P>) {
+        let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
+        let value = (step.next.raw(), step.rights);
+        match step.level {
+            Level::Pd => self.pde.insert(prefix(21), (tag, prefix(21)), value),
+            Level::Pdpt => self.pdpte.insert(prefix(30), (tag, prefix(30)), value),
+            Level::Pml4 => self.pml4e.insert(prefix(39), (tag, prefix(39)), value),
+            // A PML5E cache is not modelled; the PML4E cache covers 5-level walks' upper bits.
+            Level::Pml5 | Level::Pt => {}
+        }
+    }
+
+    /// Drops every entry `drop` selects.
+    pub fn flush(&mut self, mut drop: impl FnMut(TlbTag) -> bool) {
+        self.pml4e.retain(|(tag, _), _| !drop(*tag));
+        self.pdpte.retain(|(tag, _), _| !drop(*tag));
+        self.pde.retain(|(tag, _), _| !drop(*tag));
+    }
+}
+
+/// The nested TLB: guest-physical 4 KiB pages to host-physical pages, tagged by VPID.
+#[derive(Clone, Debug)]
+pub struct NestedTlb {
+    entries: LruSets<(u16, u64), u64>,
+}
+
+impl Default for NestedTlb {
+    /// 128 entries, 4-way.
+    fn default() -> Self {
+        Self { entries: LruSets::new(128, 4) }
+    }
+}
+
+impl NestedTlb {
+    /// The host-physical page backing `gpa`'s 4 KiB page.
+    #[inline]
+    pub fn lookup(&mut self, vpid: u16, gpa: Gpa) -> Option<Hpa> {
+        let gfn = gpa.frame().number();
+        self.entries.get(gfn, (vpid, gfn)).map(Hpa::new)
+    }
+
+    /// Remembers that `gpa`'s 4 KiB page is backed by `page`.
+    pub fn insert(&mut self, vpid: u16, gpa: Gpa, page: Hpa) {
+        let gfn = gpa.frame().number();
+        self.entries.insert(gfn, (vpid, gfn), page.as_u64() & !0xfff);
+    }
+
+    /// Drops every entry of `vpid`.
+    pub fn flush_vpid(&mut self, vpid: u16) {
+        self.entries.retain(|(v, _), _| *v != vpid);
+    }
+}
