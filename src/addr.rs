@@ -74,6 +74,12 @@ macro_rules! address_type {
                 write!(f, "{:#x}", self.0)
             }
         }
+        impl serde::Serialize for $name {
+            /// As a `0x`-prefixed hexadecimal string.
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&format!("{:#x}", self.0))
+            }
+        }
         impl fmt::LowerHex for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::LowerHex::fmt(&self.0, f)
@@ -208,6 +214,13 @@ impl Gva {
     /// The 9-bit table index this address selects at `level`.
     pub const fn table_index(self, level: Level) -> TableIndex {
         TableIndex(((self.0 >> level.shift()) & 0x1ff) as u16)
+    }
+}
+
+impl serde::Serialize for Gva {
+    /// As a `0x`-prefixed hexadecimal string.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#x}", self.0))
     }
 }
 

@@ -14,7 +14,9 @@
 
 pub mod addr;
 pub mod cost;
+pub mod ept;
 pub mod guest;
+pub mod host;
 pub mod memory;
 pub mod paging;
 pub mod report;

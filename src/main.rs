@@ -84,6 +84,15 @@ struct MachineArgs {
     /// Page size for regions that allow large pages: 4k or 2m.
     #[arg(long, default_value = "4k", value_parser = parse_page_size)]
     guest_page_size: PageSize,
+    /// Nested (EPT/NPT) table levels: 4 or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    ept_levels: u8,
+    /// Page size the host backs guest RAM with: 4k, 2m or 1g (nested mappings follow it).
+    #[arg(long, default_value = "4k", value_parser = parse_host_page_size)]
+    host_page_size: PageSize,
+    /// Turn off EPT accessed/dirty flags (EPTP bit 6).
+    #[arg(long)]
+    no_ept_ad: bool,
     /// Turn off the paging-structure caches and the nested TLB, so every walk is cold.
     #[arg(long)]
     no_walk_caches: bool,
@@ -105,6 +114,13 @@ fn parse_page_size(text: &str) -> Result<PageSize, String> {
     }
 }
 
+fn parse_host_page_size(text: &str) -> Result<PageSize, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1g" => Ok(PageSize::Size1G),
+        _ => parse_page_size(text).map_err(|_| format!("expected 4k, 2m or 1g, found '{text}'")),
+    }
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     parse_size(text).ok_or_else(|| format!("expected a size such as 512M or 64G, found '{text}'"))
 }
@@ -118,6 +134,9 @@ impl MachineArgs {
             ..SimConfig::default()
         };
         config.walk_caches = !self.no_walk_caches;
+        config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
+        config.host_page_size = self.host_page_size;
+        config.ept_ad = !self.no_ept_ad;
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
         if let (Some(entries), Some(ways)) = (self.tlb_entries, self.tlb_ways) {
             if ways == 0 || entries == 0 || entries % ways != 0 {

@@ -2,7 +2,9 @@
 //! shares — TLB lookup first, the mode's walk on a miss.
 
 use crate::addr::{Gpa, Gva, Hpa, PageSize, PhysAddr};
-use crate::paging::{walk_from, Access, AdPolicy, CpuState, PageFault, Rights, TableMemory, WalkOutcome, WalkStart};
+use crate::paging::{
+    walk_from, Access, AdPolicy, CpuState, PageFault, Rights, TableMemory, WalkOutcome, WalkStart,
+};
 use crate::sim::stats::Stats;
 use crate::tlb::{NestedTlb, PagingStructureCache, Tlb, TlbConfig, TlbEntry, TlbTag};
 use crate::vmm::Mode;
@@ -47,6 +49,9 @@ pub enum Resolved {
     Fault(PageFault),
     /// A non-canonical address: #GP.
     NonCanonical,
+    /// The VMM completed the access itself (MMIO emulation, or a nested fault it cannot
+    /// repair); nothing is cached.
+    Emulated,
 }
 
 /// The outcome of one page translation of an access.
@@ -58,6 +63,8 @@ pub enum PageOutcome {
     Fault(PageFault),
     /// #GP.
     NonCanonical,
+    /// Completed by the VMM without a translation.
+    Emulated,
 }
 
 /// The architectural state of one virtual CPU.
@@ -181,6 +188,7 @@ impl Vcpu {
                 PageOutcome::Fault(fault)
             }
             Resolved::NonCanonical => PageOutcome::NonCanonical,
+            Resolved::Emulated => PageOutcome::Emulated,
         }
     }
 

@@ -6,10 +6,10 @@ use std::fmt;
 
 use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels, PAGE_BYTES};
 use crate::guest::page_table::{self, GuestTables, Leaf, KERNEL_TABLE_FLAGS, USER_TABLE_FLAGS};
-use crate::paging::builder::InstallError;
 use crate::guest::platform::Platform;
 use crate::guest::region::{Prot, Region};
-use crate::memory::{FrameAllocator, FrameNumber, OutOfFrames};
+use crate::memory::{BigFrame, FrameAllocator, OutOfFrames};
+use crate::paging::builder::InstallError;
 use crate::paging::{Access, Pte};
 use crate::vcpu::Cr3;
 
@@ -92,24 +92,8 @@ pub enum FaultResolution {
     Segv,
 }
 
-/// A 2 MiB guest frame number (guest-physical address >> 21).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct LargeFrame(u64);
-
-impl FrameNumber for LargeFrame {
-    fn from_number(number: u64) -> Self {
-        Self(number)
-    }
-    fn to_number(self) -> u64 {
-        self.0
-    }
-}
-
-impl LargeFrame {
-    fn start(self) -> Gpa {
-        Gpa::new(self.0 << PageSize::Size2M.shift())
-    }
-}
+/// A 2 MiB guest frame.
+type LargeFrame = BigFrame<21>;
 
 struct Process {
     root: Gfn,
@@ -183,7 +167,7 @@ impl Kernel {
                 let leaf = Leaf {
                     va,
                     size: PageSize::Size2M,
-                    frame: frame.start(),
+                    frame: Gpa::new(frame.start_raw()),
                     flags,
                     table_flags: KERNEL_TABLE_FLAGS,
                 };
@@ -330,7 +314,7 @@ impl Kernel {
             let leaf = Leaf {
                 va: large_start,
                 size: PageSize::Size2M,
-                frame: frame.start(),
+                frame: Gpa::new(frame.start_raw()),
                 flags,
                 table_flags: USER_TABLE_FLAGS,
             };

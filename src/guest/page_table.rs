@@ -77,6 +77,15 @@ pub fn map<P: Platform>(
 ) -> Result<u64, InstallError> {
     let flags = if leaf.size == PageSize::Size4K { leaf.flags } else { leaf.flags | Pte::PAGE_SIZE };
     let entry = Pte::new(leaf.frame, flags).0;
-    builder::install(tables, EntryFormat::X86, root, levels, leaf.va.as_u64(), leaf.size, entry, leaf.table_flags)
-        .map(|(created, _)| created)
+    builder::install(
+        tables,
+        EntryFormat::X86,
+        root,
+        levels,
+        leaf.va.as_u64(),
+        leaf.size,
+        entry,
+        leaf.table_flags,
+    )
+    .map(|(created, _)| created)
 }

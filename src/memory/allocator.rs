@@ -31,6 +31,26 @@ impl FrameNumber for Hfn {
     }
 }
 
+/// A frame of `2^SHIFT` bytes, numbered by address >> SHIFT (2 MiB frames: SHIFT = 21).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BigFrame<const SHIFT: u32>(u64);
+
+impl<const SHIFT: u32> BigFrame<SHIFT> {
+    /// The raw physical address of the frame's first byte.
+    pub const fn start_raw(self) -> u64 {
+        self.0 << SHIFT
+    }
+}
+
+impl<const SHIFT: u32> FrameNumber for BigFrame<SHIFT> {
+    fn from_number(number: u64) -> Self {
+        Self(number)
+    }
+    fn to_number(self) -> u64 {
+        self.0
+    }
+}
+
 /// Every frame of the allocator's range is in use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct OutOfFrames {

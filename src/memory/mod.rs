@@ -3,5 +3,7 @@
 pub mod allocator;
 pub mod phys;
 
-pub use allocator::{FrameAllocator, FrameNumber, OutOfFrames};
+pub use allocator::{BigFrame, FrameAllocator, FrameNumber, OutOfFrames};
 pub use phys::PhysMemory;
+pub mod slots;
+pub use slots::{MemorySlot, MemorySlots};

@@ -12,7 +12,9 @@ pub use access::{Access, AccessKind, PfErrorCode, Privilege};
 pub use cpu::CpuState;
 pub use entry::Pte;
 pub use permission::Rights;
-pub use walker::{walk, walk_from, AdPolicy, PageFault, TableMemory, TableStep, Translation, WalkOutcome, WalkStart};
+pub use walker::{
+    walk, walk_from, AdPolicy, PageFault, TableMemory, TableStep, Translation, WalkOutcome, WalkStart,
+};
 pub mod counting;
 pub use counting::Counted;
 pub mod builder;

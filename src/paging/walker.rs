@@ -206,7 +206,11 @@ pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
                 }
             }
             for &(_, value, at, so_far) in &used[..used_len - 1] {
-                on_table(TableStep { level: at, next: P::from_raw(value & Pte::ADDRESS_MASK), rights: so_far });
+                on_table(TableStep {
+                    level: at,
+                    next: P::from_raw(value & Pte::ADDRESS_MASK),
+                    rights: so_far,
+                });
             }
             return WalkOutcome::Mapped(Translation {
                 page: P::from_raw(raw & Pte::ADDRESS_MASK & !(size.bytes() - 1)),

@@ -4,15 +4,16 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::addr::{Gva, PageSize, PAGE_BYTES};
+use crate::addr::{Gva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::cost::CostModel;
 use crate::guest::{FaultResolution, Kernel, KernelConfig, KernelError, Pid};
+use crate::host::Host;
 use crate::paging::{Access, CpuState, Privilege};
 use crate::sim::machine::Machine;
 use crate::sim::stats::Stats;
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
-use crate::vmm::{Mode, Native};
+use crate::vmm::{Ept, Mode, Native, Nested, Npt};
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// How many times one access is retried after the guest handled a fault before the run
@@ -25,12 +26,18 @@ const MAX_ATTEMPTS: u32 = 8;
 pub enum ModeName {
     /// No virtualization: the guest kernel on bare metal.
     Native,
+    /// Intel EPT: hardware two-dimensional walks through extended page tables.
+    Ept,
+    /// AMD NPT: hardware two-dimensional walks through nested x86-64 tables.
+    Npt,
 }
 
 impl fmt::Display for ModeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Native => "native",
+            Self::Ept => "ept",
+            Self::Npt => "npt",
         })
     }
 }
@@ -48,6 +55,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// The page size regions that may use large pages get.
     pub guest_page_size: PageSize,
+    /// Depth of the EPT / NPT tables.
+    pub nested_levels: PagingLevels,
+    /// The page size the host backs guest RAM with.
+    pub host_page_size: PageSize,
+    /// EPT accessed/dirty flags (EPTP bit 6).
+    pub ept_ad: bool,
     /// Whether paging-structure caches and the nested TLB are on.
     pub walk_caches: bool,
     /// Cycle costs.
@@ -63,6 +76,9 @@ impl Default for SimConfig {
             seed: 1,
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
+            nested_levels: PagingLevels::Four,
+            host_page_size: PageSize::Size4K,
+            ept_ad: true,
             cost: CostModel::default(),
         }
     }
@@ -123,9 +139,38 @@ pub struct RunReport {
 pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> Result<RunReport, SimError> {
     let stats = match mode {
         ModeName::Native => run_with(Native::new(), 0, config, workload)?,
+        ModeName::Ept => {
+            let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
+            run_with(
+                Nested::new(format, new_host(config)?).map_err(KernelError::from)?,
+                VM_VPID,
+                config,
+                workload,
+            )?
+        }
+        ModeName::Npt => {
+            let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };
+            run_with(
+                Nested::new(format, new_host(config)?).map_err(KernelError::from)?,
+                VM_VPID,
+                config,
+                workload,
+            )?
+        }
     };
     let cycles = config.cost.cycles(&stats);
     Ok(RunReport { mode, stats, cycles })
+}
+
+/// The host's MAXPHYADDR.
+pub const HOST_PHYS_BITS: u8 = 46;
+/// The VPID of the (single) guest vCPU; 0 belongs to the host.
+pub const VM_VPID: u16 = 1;
+
+/// The host a VM runs on.
+pub fn new_host(config: &SimConfig) -> Result<Host, SimError> {
+    Host::new(config.guest_ram, config.host_page_size)
+        .map_err(|e| SimError::Kernel(KernelError::OutOfMemory(e)))
 }
 
 fn run_with<M: Mode>(
@@ -185,7 +230,7 @@ fn access_page<M: Mode>(
     let mut retry = false;
     for _ in 0..MAX_ATTEMPTS {
         match machine.vcpu.translate(&mut machine.mode, va, access, retry) {
-            PageOutcome::Done(_) => return Ok(()),
+            PageOutcome::Done(_) | PageOutcome::Emulated => return Ok(()),
             PageOutcome::Fault(_) => {
                 machine.vcpu.stats.guest_page_faults += 1;
                 match kernel.handle_fault(machine, pid, va, access)? {

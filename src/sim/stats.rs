@@ -53,6 +53,8 @@ pub struct Stats {
     pub walks: u64,
     /// Memory references made by all walks (both dimensions of a nested walk).
     pub walk_refs: u64,
+    /// Of `walk_refs`, those made in the nested dimension (EPT/NPT entries).
+    pub walk_refs_nested: u64,
     /// The most references one walk made.
     pub walk_refs_max: u64,
     /// Paging-structure cache and nested TLB counters.

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::addr::{Gpa, Gva, Hpa, Level};
+use crate::addr::{Gpa, Gva, Hpa, Level, PageSize};
 use crate::paging::{Rights, TableStep, WalkStart};
 use crate::tlb::lru::LruSets;
 use crate::tlb::TlbTag;
@@ -63,7 +63,11 @@ impl PagingStructureCache {
 
     /// The walk start for `va`, as a typed [`WalkStart`], if a cache holds one.
     pub fn start<P: crate::addr::PhysAddr>(&mut self, va: Gva, tag: TlbTag) -> Option<WalkStart<P>> {
-        self.lookup(va, tag).map(|(table, level, rights)| WalkStart { table: P::from_raw(table), level, rights })
+        self.lookup(va, tag).map(|(table, level, rights)| WalkStart {
+            table: P::from_raw(table),
+            level,
+            rights,
+        })
     }
 
     /// Keeps a non-leaf entry a successful walk of `va` used.
@@ -87,10 +91,11 @@ impl PagingStructureCache {
     }
 }
 
-/// The nested TLB: guest-physical 4 KiB pages to host-physical pages, tagged by VPID.
+/// The nested TLB: guest-physical 4 KiB pages to host-physical pages (with the size of the
+/// nested page they belong to), tagged by VPID.
 #[derive(Clone, Debug)]
 pub struct NestedTlb {
-    entries: LruSets<(u16, u64), u64>,
+    entries: LruSets<(u16, u64), (u64, PageSize)>,
 }
 
 impl Default for NestedTlb {
@@ -101,17 +106,19 @@ impl Default for NestedTlb {
 }
 
 impl NestedTlb {
-    /// The host-physical page backing `gpa`'s 4 KiB page.
+    /// The host-physical address of `gpa`, and the nested page size, if cached.
     #[inline]
-    pub fn lookup(&mut self, vpid: u16, gpa: Gpa) -> Option<Hpa> {
+    pub fn lookup(&mut self, vpid: u16, gpa: Gpa) -> Option<(Hpa, PageSize)> {
         let gfn = gpa.frame().number();
-        self.entries.get(gfn, (vpid, gfn)).map(Hpa::new)
+        self.entries
+            .get(gfn, (vpid, gfn))
+            .map(|(page, size)| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), size))
     }
 
-    /// Remembers that `gpa`'s 4 KiB page is backed by `page`.
-    pub fn insert(&mut self, vpid: u16, gpa: Gpa, page: Hpa) {
+    /// Remembers that `gpa` translates to `hpa` through a nested page of `size`.
+    pub fn insert(&mut self, vpid: u16, gpa: Gpa, hpa: Hpa, size: PageSize) {
         let gfn = gpa.frame().number();
-        self.entries.insert(gfn, (vpid, gfn), page.as_u64() & !0xfff);
+        self.entries.insert(gfn, (vpid, gfn), (hpa.as_u64() & !0xfff, size));
     }
 
     /// Drops every entry of `vpid`.

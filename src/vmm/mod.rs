@@ -2,6 +2,7 @@
 //! what the VMM does when the guest touches its page tables, CR3 or INVLPG.
 
 pub mod native;
+pub mod nested;
 
 use crate::addr::{Gfn, Gpa, Gva};
 use crate::paging::Access;
@@ -9,6 +10,7 @@ use crate::sim::stats::PageTableBytes;
 use crate::vcpu::{Cr3, Resolved, Vcpu};
 
 pub use native::Native;
+pub use nested::{Ept, Nested, Npt};
 
 /// One design of memory virtualization (or none).
 pub trait Mode {

@@ -1,0 +1,256 @@
+//! The host: physical memory, the host kernel's frame allocator, and the VMM process's own
+//! page tables (HVA -> HPA, ordinary x86-64 4-level tables held as bytes). Guest RAM is a
+//! memory slot of the VMM process, backed lazily with 4 KiB, 2 MiB or 1 GiB host pages.
+
+use std::fmt;
+
+use crate::addr::{Gpa, Hfn, Hpa, Hva, PageSize, PagingLevels, PAGE_BYTES};
+use crate::memory::{BigFrame, FrameAllocator, MemorySlot, MemorySlots, OutOfFrames, PhysMemory};
+use crate::paging::builder::{self, EntryFormat, InstallError, TableStore};
+use crate::paging::Pte;
+
+/// Where the VMM maps guest RAM in its address space (1 GiB-aligned, in the user half).
+pub const GUEST_RAM_HVA: u64 = 0x7f00_0000_0000;
+/// The host's physical memory (data frames cost nothing, so this is a ceiling, not a cost).
+pub const HOST_RAM_BYTES: u64 = 1 << 40;
+
+/// Why a guest-physical address has no host page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BackingError {
+    /// The GPA is outside every memory slot (an MMIO or unbacked address).
+    Unbacked(Gpa),
+    /// The host ran out of frames.
+    OutOfMemory(OutOfFrames),
+}
+
+impl fmt::Display for BackingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unbacked(gpa) => write!(f, "guest-physical address {gpa:#x} is outside every memory slot"),
+            Self::OutOfMemory(e) => write!(f, "host {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BackingError {}
+
+/// The host machine and the VMM process.
+pub struct Host {
+    /// All host physical memory.
+    pub memory: PhysMemory,
+    small: FrameAllocator<Hfn>,
+    large: FrameAllocator<BigFrame<21>>,
+    huge: FrameAllocator<BigFrame<30>>,
+    root: Hpa,
+    page_size: PageSize,
+    host_table_frames: u64,
+    slots: MemorySlots,
+}
+
+impl Host {
+    /// A host whose VMM backs `guest_ram` bytes of guest RAM (GPA 0 up) with pages of
+    /// `page_size`.
+    pub fn new(guest_ram: u64, page_size: PageSize) -> Result<Self, OutOfFrames> {
+        let quarter = HOST_RAM_BYTES / 4;
+        let mut small = FrameAllocator::<Hfn>::new(1, quarter / PAGE_BYTES - 1);
+        let large = FrameAllocator::new(quarter >> 21, quarter >> 21);
+        let huge = FrameAllocator::new((2 * quarter) >> 30, (2 * quarter) >> 30);
+        let root = small.allocate()?.start();
+        let mut slots = MemorySlots::new();
+        let ram =
+            MemorySlot { guest_start: Gpa::new(0), len: guest_ram, host_start: Hva::new(GUEST_RAM_HVA) };
+        // The only slot: it cannot clash.
+        let _ = slots.add(ram);
+        Ok(Self {
+            memory: PhysMemory::new(),
+            small,
+            large,
+            huge,
+            root,
+            page_size,
+            host_table_frames: 1,
+            slots,
+        })
+    }
+
+    /// The VM's memory slots.
+    pub fn slots(&self) -> &MemorySlots {
+        &self.slots
+    }
+
+    /// The page size guest RAM is backed with.
+    pub fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
+    /// A zeroed 4 KiB frame for a VMM table (EPT, NPT, shadow).
+    pub fn table_frame(&mut self) -> Result<Hpa, OutOfFrames> {
+        let frame = self.small.allocate()?;
+        self.memory.zero_frame(frame);
+        Ok(frame.start())
+    }
+
+    /// Returns a VMM table frame.
+    pub fn free_table_frame(&mut self, frame: Hpa) {
+        self.memory.zero_frame(frame.frame());
+        self.small.free(frame.frame());
+    }
+
+    /// The host-physical address of `hva` through the VMM's page tables, if mapped.
+    pub fn hpa_of_hva(&mut self, hva: Hva) -> Option<(Hpa, PageSize)> {
+        let slot =
+            builder::lookup(&mut self.memory, EntryFormat::X86, self.root, PagingLevels::Four, hva.as_u64());
+        if !slot.leaf {
+            return None;
+        }
+        let size = slot.level.leaf_size()?;
+        let page = (slot.value & Pte::ADDRESS_MASK) & !(size.bytes() - 1);
+        Some((Hpa::new(page | hva.page_offset(size)), size))
+    }
+
+    /// The host-physical address backing `gpa` if it has been backed, without backing it.
+    pub fn backing_of(&mut self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
+        let hva = self.slots.hva_of(gpa)?;
+        self.hpa_of_hva(hva)
+    }
+
+    /// The host-physical address backing `gpa`, backing its page first if the VMM has not
+    /// touched it yet (the host kernel's demand paging of the VMM's memory).
+    pub fn back(&mut self, gpa: Gpa) -> Result<(Hpa, PageSize), BackingError> {
+        let hva = self.slots.hva_of(gpa).ok_or(BackingError::Unbacked(gpa))?;
+        if let Some(found) = self.hpa_of_hva(hva) {
+            return Ok(found);
+        }
+        // Fall back to smaller host pages where the slot does not cover a whole large page.
+        let mut size = self.page_size;
+        while !self.slot_covers(hva, size) {
+            size = match size {
+                PageSize::Size1G => PageSize::Size2M,
+                _ => PageSize::Size4K,
+            };
+        }
+        let frame = match size {
+            PageSize::Size4K => self.small.allocate().map(|f| f.start().as_u64()),
+            PageSize::Size2M => self.large.allocate().map(BigFrame::start_raw),
+            PageSize::Size1G => self.huge.allocate().map(BigFrame::start_raw),
+        }
+        .map_err(BackingError::OutOfMemory)?;
+        let mut leaf = Pte::new(Hpa::new(frame), Pte::PRESENT | Pte::WRITABLE | Pte::USER | Pte::NO_EXECUTE);
+        if size != PageSize::Size4K {
+            leaf = leaf.with(Pte::PAGE_SIZE);
+        }
+        let table_flags = Pte::PRESENT | Pte::WRITABLE | Pte::USER;
+        let root = self.root;
+        let mut store = HostTables { memory: &mut self.memory, frames: &mut self.small, created: 0 };
+        match builder::install(
+            &mut store,
+            EntryFormat::X86,
+            root,
+            PagingLevels::Four,
+            hva.as_u64(),
+            size,
+            leaf.0,
+            table_flags,
+        ) {
+            Ok(_) => {}
+            Err(InstallError::OutOfMemory(e)) => return Err(BackingError::OutOfMemory(e)),
+            // Unreachable: the lookup above found no leaf on the way.
+            Err(InstallError::LargePageInTheWay) => {}
+        }
+        self.host_table_frames += store.created;
+        Ok((Hpa::new(frame | hva.page_offset(size)), size))
+    }
+
+    fn slot_covers(&self, hva: Hva, size: PageSize) -> bool {
+        let start = hva.align_down(size);
+        let last = start.checked_add(size.bytes() - 1);
+        size == PageSize::Size4K
+            || (self.slots.contains_hva(start) && last.is_some_and(|last| self.slots.contains_hva(last)))
+    }
+
+    /// Whether `hpa` lies in a host frame backing this VM's memory slots.
+    pub fn backs_guest(&mut self, hpa: Hpa, gpa: Gpa) -> bool {
+        self.backing_of(gpa).is_some_and(|(backing, _)| backing == hpa)
+    }
+
+    /// Bytes of the VMM process's own page tables.
+    pub fn host_table_bytes(&self) -> u64 {
+        self.host_table_frames * PAGE_BYTES
+    }
+}
+
+/// Host memory plus a frame allocator, as a table store for host-physical tables.
+struct HostTables<'a> {
+    memory: &'a mut PhysMemory,
+    frames: &'a mut FrameAllocator<Hfn>,
+    created: u64,
+}
+
+impl TableStore<Hpa> for HostTables<'_> {
+    fn read(&mut self, addr: Hpa) -> u64 {
+        self.memory.read_u64(addr)
+    }
+    fn write(&mut self, addr: Hpa, value: u64) {
+        self.memory.write_u64(addr, value);
+    }
+    fn new_table(&mut self) -> Result<Hpa, OutOfFrames> {
+        let frame = self.frames.allocate()?;
+        self.memory.zero_frame(frame);
+        self.created += 1;
+        Ok(frame.start())
+    }
+}
+
+/// A VMM-owned set of host-physical tables (EPT, NPT, shadow), built in host memory with
+/// frames from the host.
+pub struct VmmTables<'a> {
+    /// The host.
+    pub host: &'a mut Host,
+    /// Tables created through this store.
+    pub created: u64,
+}
+
+impl TableStore<Hpa> for VmmTables<'_> {
+    fn read(&mut self, addr: Hpa) -> u64 {
+        self.host.memory.read_u64(addr)
+    }
+    fn write(&mut self, addr: Hpa, value: u64) {
+        self.host.memory.write_u64(addr, value);
+    }
+    fn new_table(&mut self) -> Result<Hpa, OutOfFrames> {
+        self.created += 1;
+        self.host.table_frame()
+    }
+}
+
+impl TableStore<Hpa> for PhysMemory {
+    fn read(&mut self, addr: Hpa) -> u64 {
+        self.read_u64(addr)
+    }
+    fn write(&mut self, addr: Hpa, value: u64) {
+        self.write_u64(addr, value);
+    }
+    fn new_table(&mut self) -> Result<Hpa, OutOfFrames> {
+        Err(OutOfFrames { capacity: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_is_lazy_stable_and_sized() {
+        let mut host = Host::new(4 << 30, PageSize::Size2M).expect("host");
+        assert_eq!(host.backing_of(Gpa::new(0x20_1234)), None);
+        let (hpa, size) = host.back(Gpa::new(0x20_1234)).expect("backed");
+        assert_eq!(size, PageSize::Size2M);
+        assert_eq!(hpa.as_u64() & 0x1f_ffff, 0x1234);
+        assert_eq!(host.back(Gpa::new(0x20_1234)), Ok((hpa, size)));
+        let (next, _) = host.back(Gpa::new(0x20_2000)).expect("same 2M page");
+        assert_eq!(next.as_u64(), (hpa.as_u64() & !0xfff) + 0x1000);
+        assert_eq!(host.back(Gpa::new(4 << 30)), Err(BackingError::Unbacked(Gpa::new(4 << 30))));
+        // PML4 + PDPT + PD for the VMM's tables.
+        assert_eq!(host.host_table_bytes(), 3 * 4096);
+    }
+}

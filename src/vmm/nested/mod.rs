@@ -1,0 +1,260 @@
+//! Hardware-assisted nested paging (Intel EPT, AMD NPT).
+//!
+//! The guest's CR3 holds a guest-physical address and the guest owns its tables outright: a
+//! guest page fault, CR3 load or INVLPG causes no VM exit. The VMM keeps one nested table per
+//! VM mapping GPA -> HPA, filled lazily: the first touch of a guest-physical page is an EPT
+//! violation (or nested page fault) that the VMM handles like a host page fault — it backs the
+//! page from the memory slot and maps it — before the guest resumes.
+
+pub mod format;
+pub mod guest_view;
+
+use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
+use crate::ept::NestedAccess;
+use crate::host::{BackingError, Host, VmmTables};
+use crate::memory::OutOfFrames;
+use crate::paging::builder::{self, InstallError};
+use crate::paging::{Access, WalkOutcome};
+use crate::sim::stats::{PageTableBytes, Stats};
+use crate::vcpu::{Mapping, Resolved, Vcpu};
+use crate::vmm::Mode;
+
+pub use format::{Ept, NestedFault, NestedFormat, Npt};
+pub use guest_view::{GuestView, NestedExit, NestedRef};
+
+/// How many nested exits one translation may take before the VMM gives up on it.
+const MAX_EXITS_PER_WALK: u32 = 8;
+
+/// A VM under nested paging.
+pub struct Nested<F> {
+    host: Host,
+    format: F,
+    root: Hpa,
+    table_frames: u64,
+}
+
+impl<F: NestedFormat> Nested<F> {
+    /// A VM with an empty nested table over `host`.
+    pub fn new(format: F, mut host: Host) -> Result<Self, OutOfFrames> {
+        let root = host.table_frame()?;
+        Ok(Self { host, format, root, table_frames: 1 })
+    }
+
+    /// The nested root (EPTP / nCR3 address).
+    pub fn root(&self) -> Hpa {
+        self.root
+    }
+
+    /// The host.
+    pub fn host(&mut self) -> &mut Host {
+        &mut self.host
+    }
+
+    /// The format.
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// The VMM's handling of a nested fault: a violation on a GPA inside a memory slot is
+    /// backed and mapped; anything else (MMIO, a misconfiguration) cannot be repaired by a
+    /// mapping. Counts the exit.
+    fn handle_exit(&mut self, exit: NestedExit, stats: &mut Stats) -> Result<(), BackingError> {
+        stats.vm_exits.total += 1;
+        match exit.fault {
+            NestedFault::EptMisconfig => {
+                stats.vm_exits.ept_misconfig += 1;
+                Err(BackingError::Unbacked(exit.gpa))
+            }
+            NestedFault::EptViolation(_) | NestedFault::NestedPageFault(_) => {
+                if self.host.slots().hva_of(exit.gpa).is_none() {
+                    stats.vm_exits.mmio += 1;
+                    return Err(BackingError::Unbacked(exit.gpa));
+                }
+                stats.vm_exits.ept_violation += 1;
+                self.map(exit.gpa).map(|_| ())
+            }
+        }
+    }
+
+    /// Backs `gpa` and maps its page in the nested table with the host page's size.
+    fn map(&mut self, gpa: Gpa) -> Result<Hpa, BackingError> {
+        let (hpa, size) = self.host.back(gpa)?;
+        let mut size = size;
+        loop {
+            let page = Hpa::new(hpa.as_u64() & !(size.bytes() - 1));
+            let leaf = self.format.leaf(page, size);
+            let mut store = VmmTables { host: &mut self.host, created: 0 };
+            let installed = builder::install(
+                &mut store,
+                self.format.entry_format(),
+                self.root,
+                self.format.levels(),
+                gpa.as_u64(),
+                size,
+                leaf,
+                self.format.table_flags(),
+            );
+            self.table_frames += store.created;
+            match installed {
+                Ok(_) => return Ok(hpa),
+                Err(InstallError::OutOfMemory(e)) => return Err(BackingError::OutOfMemory(e)),
+                // A smaller mapping already covers part of the large page: map 4 KiB.
+                Err(InstallError::LargePageInTheWay) if size != PageSize::Size4K => size = PageSize::Size4K,
+                Err(InstallError::LargePageInTheWay) => return Ok(hpa),
+            }
+        }
+    }
+
+    /// The host-physical address of `gpa` for the guest kernel's own accesses, taking the
+    /// violation exit a first touch causes. `None` for an address outside every slot.
+    fn kernel_access(&mut self, gpa: Gpa, stats: &mut Stats) -> Option<Hpa> {
+        let slot = builder::lookup(
+            &mut self.host.memory,
+            self.format.entry_format(),
+            self.root,
+            self.format.levels(),
+            gpa.as_u64(),
+        );
+        if slot.leaf {
+            let size = slot.level.leaf_size().unwrap_or(PageSize::Size4K);
+            let page = slot.value & crate::paging::Pte::ADDRESS_MASK & !(size.bytes() - 1);
+            return Some(Hpa::new(page | gpa.page_offset(size)));
+        }
+        let fault =
+            NestedExit { gpa, fault: NestedFault::EptViolation(crate::ept::ExitQualification::default()) };
+        self.handle_exit(fault, stats).ok()?;
+        self.host.backing_of(gpa).map(|(hpa, _)| hpa)
+    }
+
+    /// Translates `va` with every reference recorded (for `explain`). Caches are not used or
+    /// filled; exits are handled as in a run.
+    pub fn trace_walk(
+        &mut self,
+        va: Gva,
+        access: Access,
+        vcpu: &mut Vcpu,
+    ) -> (Vec<NestedRef>, Option<Gpa>, Option<Hpa>) {
+        for _ in 0..MAX_EXITS_PER_WALK {
+            let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None, vcpu.vpid);
+            view.trace = Some(Vec::new());
+            let outcome = crate::paging::walk(
+                &mut view,
+                vcpu.cr3.root,
+                va,
+                access,
+                &vcpu.cpu,
+                crate::paging::AdPolicy::Leave,
+            );
+            let exit = match outcome {
+                WalkOutcome::Mapped(t) => {
+                    let gpa = t.address(va);
+                    match view.nested(gpa, NestedAccess { kind: access.kind, final_translation: true }) {
+                        Ok((hpa, _)) => return (view.trace.unwrap_or_default(), Some(gpa), Some(hpa)),
+                        Err(exit) => exit,
+                    }
+                }
+                WalkOutcome::Memory(exit) => exit,
+                _ => return (view.trace.unwrap_or_default(), None, None),
+            };
+            if self.handle_exit(exit, &mut vcpu.stats).is_err() {
+                break;
+            }
+        }
+        (Vec::new(), None, None)
+    }
+}
+
+impl<F: NestedFormat> Mode for Nested<F> {
+    fn name(&self) -> &'static str {
+        self.format.name()
+    }
+
+    fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64 {
+        match self.kernel_access(gpa, &mut vcpu.stats) {
+            Some(hpa) => self.host.memory.read_u64(hpa),
+            None => 0,
+        }
+    }
+
+    fn write_guest(&mut self, gpa: Gpa, value: u64, vcpu: &mut Vcpu) {
+        if let Some(hpa) = self.kernel_access(gpa, &mut vcpu.stats) {
+            self.host.memory.write_u64(hpa, value);
+        }
+    }
+
+    fn zero_guest_frame(&mut self, gfn: Gfn, vcpu: &mut Vcpu) {
+        if let Some(hpa) = self.kernel_access(gfn.start(), &mut vcpu.stats) {
+            self.host.memory.zero_frame(hpa.frame());
+        }
+    }
+
+    fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
+        let mut nested_tlb = vcpu.nested_tlb.take();
+        let mut result = Resolved::Emulated;
+        for attempt in 0..MAX_EXITS_PER_WALK {
+            if attempt > 0 {
+                // The guest resumes and the processor walks again.
+                vcpu.stats.walks += 1;
+            }
+            let mut view = GuestView::new(
+                &self.format,
+                self.root,
+                &mut self.host.memory,
+                nested_tlb.as_mut(),
+                vcpu.vpid,
+            );
+            let root = vcpu.cr3.root;
+            let outcome = vcpu.cached_walk(&mut view, root, va, access);
+            let exit = match outcome {
+                WalkOutcome::Mapped(t) => {
+                    let gpa = t.address(va);
+                    match view.nested(gpa, NestedAccess { kind: access.kind, final_translation: true }) {
+                        Ok((hpa, nested_size)) => {
+                            let size = t.size.min(nested_size);
+                            result = Resolved::Mapped(Mapping {
+                                page: hpa.align_down(size),
+                                guest_page: gpa.align_down(size),
+                                size,
+                                rights: t.rights,
+                                global: t.global && vcpu.cpu.pge,
+                                dirty: t.dirty,
+                            });
+                            None
+                        }
+                        Err(exit) => Some(exit),
+                    }
+                }
+                WalkOutcome::PageFault(fault) => {
+                    result = Resolved::Fault(fault);
+                    None
+                }
+                WalkOutcome::NonCanonical => {
+                    result = Resolved::NonCanonical;
+                    None
+                }
+                WalkOutcome::Memory(exit) => Some(exit),
+            };
+            let stats = &mut vcpu.stats;
+            let refs = view.guest_refs + view.nested_refs;
+            stats.walk_refs_nested += view.nested_refs;
+            stats.walk_caches.nested_tlb_hits += view.nested_tlb_hits;
+            stats.walk_caches.nested_tlb_misses += view.nested_tlb_misses;
+            stats.record_walk(refs, view.ad_writes);
+            match exit {
+                None => break,
+                Some(exit) => {
+                    if self.handle_exit(exit, stats).is_err() {
+                        result = Resolved::Emulated;
+                        break;
+                    }
+                }
+            }
+        }
+        vcpu.nested_tlb = nested_tlb;
+        result
+    }
+
+    fn page_table_bytes(&self) -> PageTableBytes {
+        PageTableBytes { guest: 0, shadow: 0, ept: self.table_frames * PAGE_BYTES }
+    }
+}
