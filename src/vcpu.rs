@@ -21,15 +21,11 @@ pub struct Cr3 {
     pub no_flush: bool,
 }
 
-/// A translation a mode's walk produced: what the TLB caches, plus the guest-physical page
-/// for verification and explanation.
+/// A translation a mode's walk produced: what the TLB caches.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Mapping {
     /// The host-physical page.
     pub page: Hpa,
-    /// The guest-physical address of the first byte of `page`, as the guest's own tables give
-    /// it (natively the same as `page`).
-    pub guest_page: Gpa,
     /// The size the TLB may cache it as.
     pub size: PageSize,
     /// Combined rights.

@@ -13,7 +13,7 @@ use crate::sim::machine::Machine;
 use crate::sim::stats::Stats;
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
-use crate::vmm::{Ept, Mode, Native, Nested, Npt};
+use crate::vmm::{Ept, Mode, Native, Nested, Npt, Shadow, ShadowConfig};
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// How many times one access is retried after the guest handled a fault before the run
@@ -30,6 +30,8 @@ pub enum ModeName {
     Ept,
     /// AMD NPT: hardware two-dimensional walks through nested x86-64 tables.
     Npt,
+    /// Software shadow page tables maintained by the VMM.
+    Shadow,
 }
 
 impl fmt::Display for ModeName {
@@ -38,6 +40,7 @@ impl fmt::Display for ModeName {
             Self::Native => "native",
             Self::Ept => "ept",
             Self::Npt => "npt",
+            Self::Shadow => "shadow",
         })
     }
 }
@@ -61,6 +64,8 @@ pub struct SimConfig {
     pub host_page_size: PageSize,
     /// EPT accessed/dirty flags (EPTP bit 6).
     pub ept_ad: bool,
+    /// Shadow-paging options.
+    pub shadow: ShadowConfig,
     /// Whether paging-structure caches and the nested TLB are on.
     pub walk_caches: bool,
     /// Cycle costs.
@@ -79,6 +84,7 @@ impl Default for SimConfig {
             nested_levels: PagingLevels::Four,
             host_page_size: PageSize::Size4K,
             ept_ad: true,
+            shadow: ShadowConfig::default(),
             cost: CostModel::default(),
         }
     }
@@ -147,6 +153,10 @@ pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> R
                 config,
                 workload,
             )?
+        }
+        ModeName::Shadow => {
+            let shadow = Shadow::new(new_host(config)?, config.cpu.levels, config.shadow);
+            run_with(shadow, VM_VPID, config, workload)?
         }
         ModeName::Npt => {
             let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };

@@ -36,6 +36,40 @@ pub struct PageTableBytes {
     pub ept: u64,
 }
 
+/// What the shadow-paging VMM did (all zero in other modes).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct ShadowStats {
+    /// Shadow pages in use at the end of the run.
+    pub pages: u64,
+    /// The most shadow pages in use at once.
+    pub peak_pages: u64,
+    /// Shadow pages created.
+    pub created: u64,
+    /// Shadow pages zapped (for any reason).
+    pub zaps: u64,
+    /// Of those, zapped because the guest kept writing the table (write flooding) or wrote
+    /// it misaligned.
+    pub flood_zaps: u64,
+    /// Of those, zapped to stay within the page budget.
+    pub recycled: u64,
+    /// Guest frames unprotected because the guest wrote them through a mapping.
+    pub unprotects: u64,
+    /// Lookups of the (guest frame, role) hash that found a shadow page.
+    pub hash_hits: u64,
+    /// Lookups that had to create one.
+    pub hash_misses: u64,
+    /// CR3 loads served by the cache of recent roots.
+    pub root_cache_hits: u64,
+    /// CR3 loads that looked the root up in the hash or built it.
+    pub root_cache_misses: u64,
+    /// Hidden page faults the VMM fixed without the guest noticing.
+    pub hidden_faults: u64,
+    /// Page faults the VMM injected into the guest.
+    pub injected_faults: u64,
+    /// Guest page-table entries the VMM read in software (its own walks of guest tables).
+    pub vmm_walk_refs: u64,
+}
+
 /// Counters of one run in one mode.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
@@ -69,6 +103,8 @@ pub struct Stats {
     pub general_protection: u64,
     /// VM exits.
     pub vm_exits: VmExits,
+    /// Shadow-paging VMM counters.
+    pub shadow: ShadowStats,
     /// Page-table memory at the end of the run.
     pub page_table_bytes: PageTableBytes,
     /// Context switches between processes.

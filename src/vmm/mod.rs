@@ -3,6 +3,7 @@
 
 pub mod native;
 pub mod nested;
+pub mod shadow;
 
 use crate::addr::{Gfn, Gpa, Gva};
 use crate::paging::Access;
@@ -11,6 +12,7 @@ use crate::vcpu::{Cr3, Resolved, Vcpu};
 
 pub use native::Native;
 pub use nested::{Ept, Nested, Npt};
+pub use shadow::{Shadow, ShadowConfig};
 
 /// One design of memory virtualization (or none).
 pub trait Mode {

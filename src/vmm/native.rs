@@ -56,7 +56,6 @@ impl Mode for Native {
         match outcome {
             WalkOutcome::Mapped(t) => Resolved::Mapped(Mapping {
                 page: t.page,
-                guest_page: Gpa::new(t.page.as_u64()),
                 size: t.size,
                 rights: t.rights,
                 global: t.global && vcpu.cpu.pge,

@@ -213,7 +213,6 @@ impl<F: NestedFormat> Mode for Nested<F> {
                             let size = t.size.min(nested_size);
                             result = Resolved::Mapped(Mapping {
                                 page: hpa.align_down(size),
-                                guest_page: gpa.align_down(size),
                                 size,
                                 rights: t.rights,
                                 global: t.global && vcpu.cpu.pge,
