@@ -44,7 +44,51 @@ impl Default for CostModel {
     }
 }
 
+/// A cost file that cannot be used.
+#[derive(Debug)]
+pub struct CostFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// What is wrong, with the position where the TOML parser gives one.
+    pub message: String,
+}
+
+impl std::fmt::Display for CostFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for CostFileError {}
+
 impl CostModel {
+    /// Reads overrides from a TOML file of `key = number` lines; keys not given keep their
+    /// defaults, unknown keys and negative costs are errors.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, CostFileError> {
+        let error = |message: String| CostFileError { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        Self::from_toml(&text).map_err(error)
+    }
+
+    /// Parses overrides from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let model: CostModel =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        let values = [
+            model.access,
+            model.tlb_l1_hit,
+            model.tlb_l2_hit,
+            model.walk_ref,
+            model.ad_write,
+            model.guest_page_fault,
+            model.vm_exit,
+        ];
+        if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err("every cost must be a finite number of cycles, 0 or more".to_string());
+        }
+        Ok(model)
+    }
+
     /// The estimated cycles of a run.
     #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     pub fn cycles(&self, stats: &Stats) -> u64 {

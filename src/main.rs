@@ -1,8 +1,11 @@
 //! The `memvirt` command line: a thin front end over the library.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use memvirt::addr::{PageSize, PagingLevels};
@@ -34,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one workload through several modes side by side, checking every access (the main
+    /// job). With no options: the default workload in native, shadow, ept and npt modes.
+    Compare(CompareArgs),
     /// Run one workload in one mode and print its counters.
     Run(RunArgs),
     /// List the builtin workloads: name, then what it does and its parameters.
@@ -52,6 +58,26 @@ struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The modes to compare, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "native,shadow,ept,npt")]
+    modes: Vec<ModeName>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write one CSV row per mode to FILE.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Skip checking every access against the reference composition (faster).
+    #[arg(long)]
+    no_verify: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +122,10 @@ struct MachineArgs {
     /// Turn off the paging-structure caches and the nested TLB, so every walk is cold.
     #[arg(long)]
     no_walk_caches: bool,
+    /// Cycle costs from a TOML file (keys as in docs/cost-model.md); unset keys keep their
+    /// defaults.
+    #[arg(long, value_name = "FILE")]
+    cost: Option<PathBuf>,
     /// Guest RAM, e.g. 64G.
     #[arg(long, default_value = "64G", value_parser = parse_bytes)]
     guest_ram: u64,
@@ -133,6 +163,9 @@ impl MachineArgs {
             guest_page_size: self.guest_page_size,
             ..SimConfig::default()
         };
+        if let Some(path) = &self.cost {
+            config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
+        }
         config.walk_caches = !self.no_walk_caches;
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
         config.host_page_size = self.host_page_size;
@@ -184,6 +217,119 @@ fn run(args: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn compare(args: &CompareArgs) -> Result<bool, String> {
+    let mut config = args.machine.config(args.workload.seed)?;
+    config.verify = !args.no_verify;
+    // Open once up front so a bad trace or parameter fails before any thread starts.
+    let (_, description) = args.workload.open(&config)?;
+    let factory =
+        || args.workload.open(&config).map(|(w, _)| w).map_err(memvirt::workload::WorkloadError::Other);
+    let progress: Vec<AtomicU64> = args.modes.iter().map(|_| AtomicU64::new(0)).collect();
+    let done = AtomicBool::new(false);
+    let comparison = std::thread::scope(|scope| {
+        let display = scope.spawn(|| show_progress(&args.modes, &progress, &done));
+        let result = memvirt::sim::compare::compare(&args.modes, &config, &factory, &progress);
+        done.store(true, Ordering::Relaxed);
+        let _ = display.join();
+        result
+    })
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        let object = serde_json::json!({
+            "workload": description,
+            "config": config,
+            "verified": comparison.verified,
+            "mismatch": comparison.mismatch,
+            "modes": comparison.reports,
+        });
+        println!("{object}");
+    } else {
+        print!("{}", memvirt::report::comparison_table(&comparison));
+        if comparison.verify && comparison.verified {
+            println!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA");
+        }
+    }
+    if let Some(path) = &args.csv {
+        write_atomically(path, memvirt::report::comparison_csv(&comparison).as_bytes())?;
+    }
+    if let Some(mismatch) = &comparison.mismatch {
+        eprintln!(
+            "memvirt: verification failed: {} and {} disagree
+  {}: {}
+  {}: {}",
+            mismatch.reference,
+            mismatch.mode,
+            mismatch.reference,
+            describe(mismatch.expected.as_ref()),
+            mismatch.mode,
+            describe(mismatch.found.as_ref())
+        );
+    }
+    for report in &comparison.reports {
+        if let Some(first) = &report.verification.first_mismatch {
+            eprintln!(
+                "memvirt: verification failed in {}: the hardware path used a different HPA than GVA -> GPA -> HVA -> HPA
+  {}",
+                report.mode,
+                describe(Some(first))
+            );
+        }
+    }
+    Ok(comparison.verified)
+}
+
+fn describe(observed: Option<&memvirt::sim::verify::Observed>) -> String {
+    match observed {
+        None => "no such access (the run ended earlier)".to_string(),
+        Some(o) => format!(
+            "translation #{} of process {}: {:?} {:?} at GVA {} -> {:?}, HPA {}, expected HPA {}",
+            o.translation,
+            o.pid,
+            o.access.privilege,
+            o.access.kind,
+            o.gva,
+            o.seen,
+            o.hpa.map_or("-".to_string(), |h| h.to_string()),
+            o.expected_hpa.map_or("-".to_string(), |h| h.to_string()),
+        ),
+    }
+}
+
+/// Shows each mode's progress on stderr while a comparison runs, if stderr is a terminal and
+/// the run lasts more than a second.
+fn show_progress(modes: &[ModeName], progress: &[AtomicU64], done: &AtomicBool) {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut shown = false;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if terminal && started.elapsed() > Duration::from_secs(1) {
+            let parts: Vec<String> = modes
+                .iter()
+                .zip(progress)
+                .map(|(mode, count)| format!("{mode} {}k", count.load(Ordering::Relaxed) / 1000))
+                .collect();
+            eprint!("\r\x1b[2Kaccesses done: {}", parts.join("  "));
+            shown = true;
+        }
+    }
+    if shown {
+        eprint!("\r\x1b[2K");
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a failed
+/// run never leaves a half-written file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("{}: {e}", path.display())
+    })
+}
+
 fn workloads() {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
@@ -194,6 +340,11 @@ fn workloads() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Compare(args) => match compare(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(3),
+            Err(e) => Err(e),
+        },
         Command::Run(args) => run(args),
         Command::Workloads => {
             workloads();

@@ -2,12 +2,16 @@
 //! page tables (HVA -> HPA, ordinary x86-64 4-level tables held as bytes). Guest RAM is a
 //! memory slot of the VMM process, backed lazily with 4 KiB, 2 MiB or 1 GiB host pages.
 
+pub mod guest_memory;
+
 use std::fmt;
 
 use crate::addr::{Gpa, Hfn, Hpa, Hva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::memory::{BigFrame, FrameAllocator, MemorySlot, MemorySlots, OutOfFrames, PhysMemory};
 use crate::paging::builder::{self, EntryFormat, InstallError, TableStore};
 use crate::paging::Pte;
+
+pub use guest_memory::GuestMemory;
 
 /// Where the VMM maps guest RAM in its address space (1 GiB-aligned, in the user half).
 pub const GUEST_RAM_HVA: u64 = 0x7f00_0000_0000;

@@ -1,9 +1,11 @@
 //! Wires a guest kernel, a vCPU and a virtualization mode together and runs a workload.
 
+pub mod compare;
 pub mod machine;
 pub mod run;
 pub mod stats;
+pub mod verify;
 
 pub use machine::Machine;
-pub use run::{run, ModeName, RunReport, SimConfig, SimError};
+pub use run::{run, run_with_progress, ModeName, RunReport, SimConfig, SimError};
 pub use stats::Stats;

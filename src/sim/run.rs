@@ -1,6 +1,7 @@
 //! Running one workload in one mode.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -11,6 +12,7 @@ use crate::host::Host;
 use crate::paging::{Access, CpuState, Privilege};
 use crate::sim::machine::Machine;
 use crate::sim::stats::Stats;
+use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
 use crate::vmm::{Ept, Mode, Native, Nested, Npt, Shadow, ShadowConfig};
@@ -70,6 +72,11 @@ pub struct SimConfig {
     pub walk_caches: bool,
     /// Cycle costs.
     pub cost: CostModel,
+    /// Check every translation against the reference composition.
+    pub verify: bool,
+    /// With `verify`: keep the translations with these indices (to locate a mismatch).
+    #[serde(skip)]
+    pub record: Option<std::ops::Range<u64>>,
 }
 
 impl Default for SimConfig {
@@ -85,6 +92,8 @@ impl Default for SimConfig {
             host_page_size: PageSize::Size4K,
             ept_ad: true,
             shadow: ShadowConfig::default(),
+            verify: false,
+            record: None,
             cost: CostModel::default(),
         }
     }
@@ -97,6 +106,8 @@ pub enum SimError {
     Workload(WorkloadError),
     /// The guest kernel failed (out of guest RAM, a bad region).
     Kernel(KernelError),
+    /// A defect of the simulator itself.
+    Internal(String),
 }
 
 impl fmt::Display for SimError {
@@ -104,6 +115,7 @@ impl fmt::Display for SimError {
         match self {
             Self::Workload(e) => e.fmt(f),
             Self::Kernel(e) => e.fmt(f),
+            Self::Internal(message) => f.write_str(message),
         }
     }
 }
@@ -113,6 +125,7 @@ impl std::error::Error for SimError {
         match self {
             Self::Workload(e) => Some(e),
             Self::Kernel(e) => Some(e),
+            Self::Internal(_) => None,
         }
     }
 }
@@ -139,12 +152,30 @@ pub struct RunReport {
     pub stats: Stats,
     /// Estimated cycles under the configured cost model.
     pub cycles: u64,
+    /// With verification on: whether every translated access matched the reference
+    /// composition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// The verifier's findings (empty when verification is off).
+    #[serde(skip)]
+    pub verification: Verification,
 }
 
 /// Runs `workload` in `mode`.
 pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> Result<RunReport, SimError> {
-    let stats = match mode {
-        ModeName::Native => run_with(Native::new(), 0, config, workload)?,
+    run_with_progress(mode, config, workload, &AtomicU64::new(0))
+}
+
+/// Runs `workload` in `mode`, storing the number of accesses done so far in `progress` from
+/// time to time (for a progress display on another thread).
+pub fn run_with_progress(
+    mode: ModeName,
+    config: &SimConfig,
+    workload: &mut dyn Workload,
+    progress: &AtomicU64,
+) -> Result<RunReport, SimError> {
+    let (stats, verification) = match mode {
+        ModeName::Native => run_with(Native::new(), 0, config, workload, progress)?,
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
             run_with(
@@ -152,11 +183,12 @@ pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> R
                 VM_VPID,
                 config,
                 workload,
+                progress,
             )?
         }
         ModeName::Shadow => {
             let shadow = Shadow::new(new_host(config)?, config.cpu.levels, config.shadow);
-            run_with(shadow, VM_VPID, config, workload)?
+            run_with(shadow, VM_VPID, config, workload, progress)?
         }
         ModeName::Npt => {
             let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };
@@ -165,12 +197,17 @@ pub fn run(mode: ModeName, config: &SimConfig, workload: &mut dyn Workload) -> R
                 VM_VPID,
                 config,
                 workload,
+                progress,
             )?
         }
     };
     let cycles = config.cost.cycles(&stats);
-    Ok(RunReport { mode, stats, cycles })
+    let verified = verification.mismatches == 0;
+    Ok(RunReport { mode, stats, cycles, verified: config.verify.then_some(verified), verification })
 }
+
+/// How often (in accesses) a run publishes its progress.
+const PROGRESS_EVERY: u64 = 1 << 16;
 
 /// The host's MAXPHYADDR.
 pub const HOST_PHYS_BITS: u8 = 46;
@@ -188,9 +225,11 @@ fn run_with<M: Mode>(
     vpid: u16,
     config: &SimConfig,
     workload: &mut dyn Workload,
-) -> Result<Stats, SimError> {
+    progress: &AtomicU64,
+) -> Result<(Stats, Verification), SimError> {
     let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
+    let mut verifier = Verifier::new(config.verify, config.record.clone());
     while let Some(op) = workload.next_op()? {
         match op {
             Op::Spawn { pid, anywhere } => kernel.spawn(&mut machine, pid, anywhere)?,
@@ -198,11 +237,14 @@ fn run_with<M: Mode>(
             Op::Access { pid, va, kind, size } => {
                 kernel.switch_to(&mut machine, pid)?;
                 machine.vcpu.stats.accesses += 1;
+                if machine.vcpu.stats.accesses % PROGRESS_EVERY == 0 {
+                    progress.store(machine.vcpu.stats.accesses, Ordering::Relaxed);
+                }
                 let access = Access::new(kind, Privilege::User);
                 let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
                 let mut page = va;
                 loop {
-                    access_page(&mut machine, &mut kernel, pid, page, access)?;
+                    access_page(&mut machine, &mut kernel, &mut verifier, pid, page, access)?;
                     let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
                     if next > last {
                         break;
@@ -226,20 +268,31 @@ fn run_with<M: Mode>(
     stats.page_table_bytes.guest = kernel.page_table_bytes();
     stats.page_table_bytes.shadow = own.shadow;
     stats.page_table_bytes.ept = own.ept;
-    Ok(stats)
+    Ok((stats, verifier.finish()))
 }
 
 /// One page translation of an access, with the guest's fault handling and retries.
 fn access_page<M: Mode>(
     machine: &mut Machine<M>,
     kernel: &mut Kernel,
+    verifier: &mut Verifier,
     pid: Pid,
     va: Gva,
     access: Access,
 ) -> Result<(), SimError> {
     let mut retry = false;
     for _ in 0..MAX_ATTEMPTS {
-        match machine.vcpu.translate(&mut machine.mode, va, access, retry) {
+        let outcome = machine.vcpu.translate(&mut machine.mode, va, access, retry);
+        if verifier.enabled() {
+            let seen = match outcome {
+                PageOutcome::Done(hpa) => SeenRaw::Translated(hpa),
+                PageOutcome::Fault(fault) => SeenRaw::Fault(fault.code),
+                PageOutcome::NonCanonical => SeenRaw::GeneralProtection,
+                PageOutcome::Emulated => SeenRaw::Emulated,
+            };
+            verifier.observe(&mut machine.mode, &machine.vcpu, pid, va, access, seen);
+        }
+        match outcome {
             PageOutcome::Done(_) | PageOutcome::Emulated => return Ok(()),
             PageOutcome::Fault(_) => {
                 machine.vcpu.stats.guest_page_faults += 1;

@@ -5,8 +5,10 @@ pub mod native;
 pub mod nested;
 pub mod shadow;
 
-use crate::addr::{Gfn, Gpa, Gva};
+use crate::addr::{Gfn, Gpa, Gva, Hpa};
+use crate::host::{GuestMemory, Host};
 use crate::paging::Access;
+use crate::paging::{walk, AdPolicy, WalkOutcome};
 use crate::sim::stats::PageTableBytes;
 use crate::vcpu::{Cr3, Resolved, Vcpu};
 
@@ -39,8 +41,26 @@ pub trait Mode {
     /// ending in a translation or a fault the guest must see. Counts walk references.
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved;
 
+    /// The reference composition, first half: the guest-physical address the guest's own
+    /// tables give `va` for `access` right now, read without side effects.
+    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa>;
+
+    /// The reference composition, second half: GPA -> HVA (memory slot) -> HPA (host tables),
+    /// without side effects. Natively the identity.
+    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa>;
+
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {
         PageTableBytes::default()
+    }
+}
+
+/// The guest tables' answer for `va`, read through `host` without side effects: the first
+/// half of the reference composition for every virtualized mode.
+pub fn reference_gpa_through(host: &mut Host, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
+    let mut memory = GuestMemory::observer(host);
+    match walk(&mut memory, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave) {
+        WalkOutcome::Mapped(t) => Some(t.address(va)),
+        _ => None,
     }
 }

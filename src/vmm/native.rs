@@ -47,6 +47,25 @@ impl Mode for Native {
         self.memory.zero_frame(Hfn::new(gfn.number()));
     }
 
+    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
+        let root = Self::host(vcpu.cr3.root);
+        match crate::paging::walk(
+            &mut self.memory,
+            root,
+            va,
+            access,
+            &vcpu.cpu,
+            crate::paging::AdPolicy::Leave,
+        ) {
+            WalkOutcome::Mapped(t) => Some(Gpa::new(t.address(va).as_u64())),
+            _ => None,
+        }
+    }
+
+    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
+        Some(Self::host(gpa))
+    }
+
     #[inline]
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
         let root = Self::host(vcpu.cr3.root);

@@ -192,7 +192,7 @@ impl<R: Read> LackeyTrace<R> {
     }
 }
 
-impl<R: Read> Workload for LackeyTrace<R> {
+impl<R: Read + Send> Workload for LackeyTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
         if !self.spawned {
             self.spawned = true;

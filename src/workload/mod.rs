@@ -42,8 +42,8 @@ pub enum Op {
     },
 }
 
-/// A source of operations.
-pub trait Workload {
+/// A source of operations. Workloads are `Send` so modes can run on their own threads.
+pub trait Workload: Send {
     /// The next operation, `Ok(None)` at the end.
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError>;
 }
@@ -72,6 +72,8 @@ pub enum WorkloadError {
         /// The file.
         path: PathBuf,
     },
+    /// Any other failure to build a workload, already described.
+    Other(String),
     /// An unknown scenario name.
     UnknownScenario(String),
     /// A `--param` that the scenario does not take or cannot parse.
@@ -89,6 +91,7 @@ impl fmt::Display for WorkloadError {
             Self::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Parse { path, line, message } => write!(f, "{}:{line}: {message}", path.display()),
             Self::Empty { path } => write!(f, "{}: the trace holds no memory accesses", path.display()),
+            Self::Other(message) => f.write_str(message),
             Self::UnknownScenario(name) => {
                 write!(f, "unknown workload '{name}'; `memvirt workloads` lists them")
             }

@@ -188,6 +188,14 @@ impl<F: NestedFormat> Mode for Nested<F> {
         }
     }
 
+    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
+        crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
+    }
+
+    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
+        self.host.backing_of(gpa).map(|(hpa, _)| hpa)
+    }
+
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
         let mut nested_tlb = vcpu.nested_tlb.take();
         let mut result = Resolved::Emulated;

@@ -18,7 +18,6 @@
 //! Invalidation contract: whenever the VMM zaps a shadow page or removes write access from a
 //! shadow entry, it flushes the vCPU's TLB and paging-structure caches before the guest runs.
 
-pub mod guest_memory;
 pub mod page;
 
 use std::collections::VecDeque;
@@ -26,7 +25,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PagingLevels, PAGE_BYTES};
-use crate::host::Host;
+use crate::host::{GuestMemory, Host};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, entry_address, EntryFormat};
 use crate::paging::{
@@ -36,7 +35,6 @@ use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Cr3, Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
-pub use guest_memory::GuestMemory;
 pub use page::{Role, ShadowPage};
 
 /// Writes to a shadowed table with no use in between before the page is zapped.
@@ -380,16 +378,6 @@ impl Shadow {
         }
         FaultFix::Fixed
     }
-
-    /// The guest-physical address `va` maps to under the current guest tables, without side
-    /// effects (for explanation and verification).
-    pub fn guest_translate(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
-        let mut memory = GuestMemory::new(&mut self.host);
-        match crate::paging::walk(&mut memory, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave) {
-            WalkOutcome::Mapped(t) => Some(t.address(va)),
-            _ => None,
-        }
-    }
 }
 
 impl Mode for Shadow {
@@ -473,6 +461,14 @@ impl Mode for Shadow {
             }
         }
         self.apply_flush(vcpu);
+    }
+
+    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
+        crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
+    }
+
+    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
+        self.host.backing_of(gpa).map(|(hpa, _)| hpa)
     }
 
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
