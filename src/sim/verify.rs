@@ -133,7 +133,7 @@ impl Verifier {
             Seen::Emulated => 3 << 62,
         };
         let word = word ^ u64::from(pid).rotate_left(40) ^ va.as_u64().rotate_left(17);
-        self.digest = (self.digest.rotate_left(5) ^ word).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.digest = (self.digest.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
         self.translations += 1;
         if self.translations % CHUNK == 0 {
             self.result.digests.push(self.digest);
