@@ -1,0 +1,150 @@
+//! Every mode on the same work: the guest must see the same thing in each, every HPA must be
+//! the reference composition, and the counts must follow the designs' rules.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use memvirt::addr::{PageSize, PagingLevels};
+use memvirt::sim::compare::compare;
+use memvirt::sim::{run, ModeName, RunReport, SimConfig};
+use memvirt::tlb::TlbConfig;
+use memvirt::workload::lackey::LackeyTrace;
+use memvirt::workload::scenario::{self, Params, ScenarioContext};
+use memvirt::workload::Workload;
+
+const ALL: [ModeName; 4] = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
+
+fn trace_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/true.lackey.gz")
+}
+
+fn trace() -> Box<dyn Workload> {
+    Box::new(LackeyTrace::open(&trace_path(), 1).expect("fixture"))
+}
+
+fn scenario(name: &str, params: &[(&str, &str)], page_size: PageSize) -> Box<dyn Workload> {
+    let params: Params = params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+    scenario::build(name, &params, &ScenarioContext { seed: 5, page_size }).expect("scenario")
+}
+
+fn verified_comparison(config: &SimConfig, make: &(dyn Fn() -> Box<dyn Workload> + Sync)) -> Vec<RunReport> {
+    let mut config = config.clone();
+    config.verify = true;
+    let factory = || Ok(make());
+    let progress: Vec<AtomicU64> = ALL.iter().map(|_| AtomicU64::new(0)).collect();
+    let comparison = compare(&ALL, &config, &factory, &progress).expect("runs");
+    assert!(comparison.mismatch.is_none(), "modes disagree: {:?}", comparison.mismatch);
+    for report in &comparison.reports {
+        assert_eq!(report.verified, Some(true), "{}: {:?}", report.mode, report.verification.first_mismatch);
+        assert!(report.verification.checked > 0);
+    }
+    assert!(comparison.verified);
+    comparison.reports
+}
+
+#[test]
+fn every_mode_agrees_on_the_trace_and_the_scenarios() {
+    let small = |name: &'static str, params: &'static [(&'static str, &'static str)], size| {
+        move || scenario(name, params, size)
+    };
+    let config = SimConfig::default();
+    let cases: Vec<(&str, Box<dyn Fn() -> Box<dyn Workload> + Sync>)> = vec![
+        ("trace", Box::new(trace)),
+        ("seq-scan", Box::new(small("seq-scan", &[("size", "8M")], PageSize::Size4K))),
+        (
+            "random",
+            Box::new(small("uniform-random", &[("size", "256M"), ("accesses", "50000")], PageSize::Size4K)),
+        ),
+        (
+            "chase 2M",
+            Box::new(small("pointer-chase", &[("size", "64M"), ("accesses", "50000")], PageSize::Size2M)),
+        ),
+    ];
+    for (name, make) in &cases {
+        let reports = verified_comparison(&config, make.as_ref());
+        let native = &reports[0];
+        for report in &reports[1..] {
+            assert_eq!(
+                report.stats.guest_page_faults, native.stats.guest_page_faults,
+                "{name} {}",
+                report.mode
+            );
+            assert_eq!(report.stats.accesses, native.stats.accesses, "{name} {}", report.mode);
+            assert_eq!(report.stats.segfaults, 0, "{name} {}", report.mode);
+        }
+    }
+}
+
+#[test]
+fn five_level_guests_and_nested_tables_and_large_host_pages_agree_too() {
+    for (guest, nested, host) in [
+        (PagingLevels::Five, PagingLevels::Five, PageSize::Size4K),
+        (PagingLevels::Four, PagingLevels::Five, PageSize::Size2M),
+        (PagingLevels::Five, PagingLevels::Four, PageSize::Size1G),
+    ] {
+        let mut config = SimConfig { nested_levels: nested, host_page_size: host, ..SimConfig::default() };
+        config.cpu.levels = guest;
+        verified_comparison(&config, &trace);
+    }
+}
+
+fn run_trace(mode: ModeName, config: &SimConfig) -> RunReport {
+    run(mode, config, trace().as_mut()).expect("runs")
+}
+
+#[test]
+fn cold_two_dimensional_walks_cost_n_plus_one_times_m_plus_one_minus_one() {
+    for (guest, nested, expected) in [
+        (PagingLevels::Four, PagingLevels::Four, 24),
+        (PagingLevels::Five, PagingLevels::Five, 35),
+        (PagingLevels::Four, PagingLevels::Five, 29),
+        (PagingLevels::Five, PagingLevels::Four, 29),
+    ] {
+        let mut config = SimConfig { walk_caches: false, nested_levels: nested, ..SimConfig::default() };
+        config.cpu.levels = guest;
+        for mode in [ModeName::Ept, ModeName::Npt] {
+            let report = run_trace(mode, &config);
+            assert_eq!(report.stats.walk_refs_max, expected, "{mode} {guest:?} over {nested:?}");
+        }
+        // Shadow and native walks read one entry per guest level.
+        for mode in [ModeName::Native, ModeName::Shadow] {
+            let report = run_trace(mode, &config);
+            assert_eq!(report.stats.walk_refs_max, u64::from(guest.count()), "{mode}");
+        }
+    }
+}
+
+#[test]
+fn guest_page_faults_cause_no_exit_under_nested_paging() {
+    let report = run_trace(ModeName::Ept, &SimConfig::default());
+    let exits = report.stats.vm_exits;
+    assert!(report.stats.guest_page_faults > 0);
+    // Every exit is the first touch of a guest frame (data page or table frame).
+    assert_eq!(exits.total, exits.ept_violation);
+    let guest_frames = report.stats.pages_mapped + report.stats.page_table_bytes.guest / 4096;
+    assert_eq!(exits.ept_violation, guest_frames);
+    assert_eq!(exits.cr3_write + exits.invlpg + exits.page_fault + exits.pt_write, 0);
+}
+
+#[test]
+fn shadow_exits_follow_the_rules() {
+    let report = run_trace(ModeName::Shadow, &SimConfig::default());
+    let s = &report.stats;
+    let exits = s.vm_exits;
+    // Every guest CR3 load exits; every guest page fault went through a page-fault exit and
+    // was injected; each PTE the kernel wrote into a shadowed table exited.
+    assert_eq!(exits.cr3_write, s.cr3_loads);
+    assert_eq!(s.shadow.injected_faults, s.guest_page_faults);
+    assert_eq!(exits.page_fault, s.shadow.injected_faults + s.shadow.hidden_faults);
+    assert!(exits.pt_write >= s.guest_page_faults, "each demand fault writes a PTE into a shadowed table");
+    assert_eq!(exits.ept_violation, 0);
+    assert_eq!(exits.total, exits.cr3_write + exits.invlpg + exits.page_fault + exits.pt_write);
+    assert_eq!(s.page_table_bytes.shadow, s.shadow.pages * 4096);
+}
+
+#[test]
+fn an_exact_tlb_gives_the_same_misses_in_every_mode_without_flushes() {
+    let config = SimConfig { tlb: TlbConfig::Single { entries: 64, ways: 4 }, ..SimConfig::default() };
+    let misses: Vec<u64> = ALL.iter().map(|&mode| run_trace(mode, &config).stats.tlb_misses).collect();
+    assert!(misses.iter().all(|&m| m == misses[0]), "{misses:?}");
+}
