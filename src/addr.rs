@@ -271,6 +271,9 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, lowest first (index = level number - 1).
+    pub const ALL: [Level; 5] = [Level::Pt, Level::Pd, Level::Pdpt, Level::Pml4, Level::Pml5];
+
     /// The level below, or `None` at the page table.
     pub const fn next_lower(self) -> Option<Level> {
         match self {

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use memvirt::addr::{PageSize, PagingLevels};
+use memvirt::addr::{Gva, PageSize, PagingLevels};
+use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::{self, ModeName, SimConfig};
 use memvirt::tlb::TlbConfig;
 use memvirt::workload::lackey::LackeyTrace;
@@ -42,6 +43,10 @@ enum Command {
     Compare(CompareArgs),
     /// Run one workload in one mode and print its counters.
     Run(RunArgs),
+    /// Run a workload, then show every memory reference of one translation in its first
+    /// process, with all translation caches cold: the 1D walk (native, shadow) or the 2D walk
+    /// (ept, npt), in both address spaces.
+    Explain(ExplainArgs),
     /// List the builtin workloads: name, then what it does and its parameters.
     Workloads,
 }
@@ -58,6 +63,34 @@ struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The virtualization design.
+    #[arg(long, value_enum, default_value_t = ModeName::Ept)]
+    mode: ModeName,
+    /// The guest-virtual address to translate (hexadecimal, 0x optional).
+    #[arg(long, value_name = "ADDR", value_parser = parse_gva)]
+    gva: Gva,
+    /// The kind of access.
+    #[arg(long, value_enum, default_value_t = AccessArg::Read)]
+    access: AccessArg,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A user-mode access kind.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccessArg {
+    Read,
+    Write,
+    Fetch,
 }
 
 #[derive(Args)]
@@ -149,6 +182,13 @@ fn parse_host_page_size(text: &str) -> Result<PageSize, String> {
         "1g" => Ok(PageSize::Size1G),
         _ => parse_page_size(text).map_err(|_| format!("expected 4k, 2m or 1g, found '{text}'")),
     }
+}
+
+fn parse_gva(text: &str) -> Result<Gva, String> {
+    let digits = text.trim_start_matches("0x").trim_start_matches("0X");
+    let raw = u64::from_str_radix(digits, 16)
+        .map_err(|_| format!("expected a hexadecimal address, found '{text}'"))?;
+    Gva::try_new(raw).map_err(|e| e.to_string())
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -330,6 +370,25 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> 
     })
 }
 
+fn explain(args: &ExplainArgs) -> Result<(), String> {
+    let mut config = args.machine.config(args.workload.seed)?;
+    let kind = match args.access {
+        AccessArg::Read => AccessKind::Read,
+        AccessArg::Write => AccessKind::Write,
+        AccessArg::Fetch => AccessKind::Fetch,
+    };
+    config.explain = Some((args.gva, Access::new(kind, Privilege::User)));
+    let (mut workload, _) = args.workload.open(&config)?;
+    let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
+    let explanation = report.explanation.ok_or("the workload created no process to translate in")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", memvirt::report::explanation_table(&explanation));
+    }
+    Ok(())
+}
+
 fn workloads() {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
@@ -346,6 +405,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Run(args) => run(args),
+        Command::Explain(args) => explain(args),
         Command::Workloads => {
             workloads();
             Ok(())

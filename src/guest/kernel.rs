@@ -350,6 +350,11 @@ impl Kernel {
         self.context_switches
     }
 
+    /// The process with the lowest identifier (the workload's first, for the builtin ones).
+    pub fn first_process(&self) -> Option<Pid> {
+        self.processes.keys().next().copied()
+    }
+
     /// The root table of `pid`.
     pub fn root_of(&self, pid: Pid) -> Option<Gpa> {
         self.processes.get(&pid).map(|process| process.root.start())

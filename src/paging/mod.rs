@@ -18,3 +18,5 @@ pub use walker::{
 pub mod counting;
 pub use counting::Counted;
 pub mod builder;
+pub mod trace;
+pub use trace::Traced;

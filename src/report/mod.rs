@@ -4,4 +4,4 @@ pub mod table;
 pub mod text;
 
 pub use table::{comparison_csv, comparison_table};
-pub use text::run_table;
+pub use text::{explanation_table, run_table};

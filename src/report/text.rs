@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::addr::Level;
+use crate::sim::explain::{Explanation, WalkRef};
 use crate::sim::stats::ratio;
 use crate::sim::RunReport;
 
@@ -46,6 +48,61 @@ fn rows(report: &RunReport) -> Vec<(&'static str, String)> {
         ),
         ("estimated cycles", report.cycles.to_string()),
     ]
+}
+
+/// The references of one explained translation, one per line, then the outcome.
+pub fn explanation_table(e: &Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {:?} {:?} of GVA {} (every translation cache cold)",
+        e.mode, e.access.privilege, e.access.kind, e.gva
+    );
+    let show = |refs: &[WalkRef], out: &mut String| {
+        let _ = writeln!(
+            out,
+            "{:>3}  {:<6} {:<5} {:>18}  {:>18}  {:>18}",
+            "#", "table", "level", "GPA", "HPA", "entry"
+        );
+        for (i, r) in refs.iter().enumerate() {
+            let level = Level::ALL.get(usize::from(r.level).wrapping_sub(1)).map_or("?", |l| l.table_name());
+            let gpa = r.gpa.map_or("-".to_string(), |g| g.to_string());
+            let _ = writeln!(
+                out,
+                "{:>3}  {:<6} {:<5} {:>18}  {:>18}  {:#018x}",
+                i + 1,
+                r.table,
+                level,
+                gpa,
+                r.hpa.to_string(),
+                r.entry
+            );
+        }
+    };
+    if !e.vmm_refs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nhidden fault: the VMM first walked the guest tables in software ({} references):",
+            e.vmm_refs.len()
+        );
+        show(&e.vmm_refs, &mut out);
+        let _ = writeln!(out, "\nthen the processor walked the filled shadow table:");
+    }
+    show(&e.refs, &mut out);
+    let _ = writeln!(out, "\n{} memory references", e.refs.len());
+    match (e.gpa, e.hpa, e.fault) {
+        (_, _, Some(code)) => {
+            let _ = writeln!(out, "page fault, error code {:#x} ({code})", code.bits());
+        }
+        (gpa, Some(hpa), None) => {
+            let gpa = gpa.map_or("-".to_string(), |g| g.to_string());
+            let _ = writeln!(out, "GVA {} -> GPA {gpa} -> HPA {hpa}", e.gva);
+        }
+        _ => {
+            let _ = writeln!(out, "no translation (emulated or non-canonical)");
+        }
+    }
+    out
 }
 
 /// A two-column table of one run.

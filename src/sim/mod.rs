@@ -1,6 +1,7 @@
 //! Wires a guest kernel, a vCPU and a virtualization mode together and runs a workload.
 
 pub mod compare;
+pub mod explain;
 pub mod machine;
 pub mod run;
 pub mod stats;

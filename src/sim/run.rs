@@ -10,6 +10,7 @@ use crate::cost::CostModel;
 use crate::guest::{FaultResolution, Kernel, KernelConfig, KernelError, Pid};
 use crate::host::Host;
 use crate::paging::{Access, CpuState, Privilege};
+use crate::sim::explain::Explanation;
 use crate::sim::machine::Machine;
 use crate::sim::stats::Stats;
 use crate::sim::verify::{SeenRaw, Verification, Verifier};
@@ -74,6 +75,10 @@ pub struct SimConfig {
     pub cost: CostModel,
     /// Check every translation against the reference composition.
     pub verify: bool,
+    /// After the run, explain the translation of this address and access in the first
+    /// process, with every translation cache bypassed.
+    #[serde(skip)]
+    pub explain: Option<(Gva, Access)>,
     /// With `verify`: keep the translations with these indices (to locate a mismatch).
     #[serde(skip)]
     pub record: Option<std::ops::Range<u64>>,
@@ -94,6 +99,7 @@ impl Default for SimConfig {
             shadow: ShadowConfig::default(),
             verify: false,
             record: None,
+            explain: None,
             cost: CostModel::default(),
         }
     }
@@ -159,6 +165,9 @@ pub struct RunReport {
     /// The verifier's findings (empty when verification is off).
     #[serde(skip)]
     pub verification: Verification,
+    /// The explained translation, when one was asked for.
+    #[serde(skip)]
+    pub explanation: Option<Explanation>,
 }
 
 /// Runs `workload` in `mode`.
@@ -174,7 +183,7 @@ pub fn run_with_progress(
     workload: &mut dyn Workload,
     progress: &AtomicU64,
 ) -> Result<RunReport, SimError> {
-    let (stats, verification) = match mode {
+    let (stats, verification, explanation) = match mode {
         ModeName::Native => run_with(Native::new(), 0, config, workload, progress)?,
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
@@ -203,7 +212,14 @@ pub fn run_with_progress(
     };
     let cycles = config.cost.cycles(&stats);
     let verified = verification.mismatches == 0;
-    Ok(RunReport { mode, stats, cycles, verified: config.verify.then_some(verified), verification })
+    Ok(RunReport {
+        mode,
+        stats,
+        cycles,
+        verified: config.verify.then_some(verified),
+        verification,
+        explanation,
+    })
 }
 
 /// How often (in accesses) a run publishes its progress.
@@ -226,7 +242,7 @@ fn run_with<M: Mode>(
     config: &SimConfig,
     workload: &mut dyn Workload,
     progress: &AtomicU64,
-) -> Result<(Stats, Verification), SimError> {
+) -> Result<(Stats, Verification, Option<Explanation>), SimError> {
     let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     let mut verifier = Verifier::new(config.verify, config.record.clone());
@@ -268,7 +284,15 @@ fn run_with<M: Mode>(
     stats.page_table_bytes.guest = kernel.page_table_bytes();
     stats.page_table_bytes.shadow = own.shadow;
     stats.page_table_bytes.ept = own.ept;
-    Ok((stats, verifier.finish()))
+    // After the counters are taken: explaining changes nothing that was counted.
+    let explanation = match (config.explain, kernel.first_process()) {
+        (Some((va, access)), Some(pid)) => {
+            kernel.switch_to(&mut machine, pid)?;
+            Some(machine.mode.explain(va, access, &mut machine.vcpu))
+        }
+        _ => None,
+    };
+    Ok((stats, verifier.finish(), explanation))
 }
 
 /// One page translation of an access, with the guest's fault handling and retries.

@@ -9,6 +9,7 @@ use crate::addr::{Gfn, Gpa, Gva, Hpa};
 use crate::host::{GuestMemory, Host};
 use crate::paging::Access;
 use crate::paging::{walk, AdPolicy, WalkOutcome};
+use crate::sim::explain::Explanation;
 use crate::sim::stats::PageTableBytes;
 use crate::vcpu::{Cr3, Resolved, Vcpu};
 
@@ -48,6 +49,10 @@ pub trait Mode {
     /// The reference composition, second half: GPA -> HVA (memory slot) -> HPA (host tables),
     /// without side effects. Natively the identity.
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa>;
+
+    /// Translates `va` for `access` with every translation cache bypassed, recording each
+    /// reference (for `explain`). VM exits on the way are handled as in a run.
+    fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation;
 
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {

@@ -3,7 +3,8 @@
 
 use crate::addr::{Gfn, Gpa, Gva, Hfn, Hpa};
 use crate::memory::PhysMemory;
-use crate::paging::{Access, Counted, WalkOutcome};
+use crate::paging::{walk, Access, AdPolicy, Counted, Traced, WalkOutcome};
+use crate::sim::explain::{Explanation, WalkRef};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
@@ -64,6 +65,30 @@ impl Mode for Native {
 
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
         Some(Self::host(gpa))
+    }
+
+    fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
+        let root = Self::host(vcpu.cr3.root);
+        let mut traced = Traced::new(&mut self.memory);
+        let outcome = walk(&mut traced, root, va, access, &vcpu.cpu, AdPolicy::Leave);
+        let refs = traced
+            .reads
+            .iter()
+            .map(|r| WalkRef {
+                table: "guest",
+                level: r.level.number(),
+                gpa: Some(Gpa::new(r.addr.as_u64())),
+                hpa: r.addr,
+                entry: r.value,
+            })
+            .collect();
+        let (hpa, fault) = match outcome {
+            WalkOutcome::Mapped(t) => (Some(t.address(va)), None),
+            WalkOutcome::PageFault(f) => (None, Some(f.code)),
+            _ => (None, None),
+        };
+        let gpa = hpa.map(|h| Gpa::new(h.as_u64()));
+        Explanation { mode: "native", gva: va, access, gpa, hpa, fault, refs, vmm_refs: Vec::new() }
     }
 
     #[inline]

@@ -6,6 +6,7 @@ use crate::addr::{Gpa, Hpa, Level, PageSize};
 use crate::ept::NestedAccess;
 use crate::memory::PhysMemory;
 use crate::paging::{Counted, TableMemory};
+use crate::sim::explain::WalkRef;
 use crate::tlb::NestedTlb;
 use crate::vmm::nested::format::{NestedFault, NestedFormat, NestedOutcome};
 
@@ -16,21 +17,6 @@ pub struct NestedExit {
     pub gpa: Gpa,
     /// The fault.
     pub fault: NestedFault,
-}
-
-/// One reference of a two-dimensional walk, for `explain`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
-pub struct NestedRef {
-    /// "guest" for a guest paging-structure entry, the format name for a nested entry.
-    pub table: &'static str,
-    /// The level of the table read.
-    pub level: u8,
-    /// The guest-physical address involved (of the guest entry, or being translated).
-    pub gpa: Gpa,
-    /// The host-physical address read.
-    pub hpa: Hpa,
-    /// The entry's value.
-    pub entry: u64,
 }
 
 /// Guest memory as the nested walker sees it.
@@ -56,7 +42,7 @@ pub struct GuestView<'a, F> {
     /// Nested TLB misses.
     pub nested_tlb_misses: u64,
     /// When set, every reference is recorded here (for `explain`).
-    pub trace: Option<Vec<NestedRef>>,
+    pub trace: Option<Vec<WalkRef>>,
     /// The guest entries read in this walk and where they live: the A/D write-back is part of
     /// the same locked access and needs no second nested translation.
     read: [(Gpa, Hpa); 5],
@@ -127,7 +113,7 @@ impl<F: NestedFormat> TableMemory<Gpa> for GuestView<'_, F> {
         self.read_len += 1;
         let value = self.memory.read_u64(hpa);
         if let Some(trace) = self.trace.as_mut() {
-            trace.push(NestedRef { table: "guest", level: level.number(), gpa: addr, hpa, entry: value });
+            trace.push(WalkRef { table: "guest", level: level.number(), gpa: Some(addr), hpa, entry: value });
         }
         Ok(value)
     }
@@ -154,7 +140,7 @@ struct Tracer<'a, 'b> {
     inner: Counted<'a, PhysMemory>,
     gpa: Gpa,
     name: &'static str,
-    trace: Option<&'b mut Vec<NestedRef>>,
+    trace: Option<&'b mut Vec<WalkRef>>,
 }
 
 impl TableMemory<Hpa> for Tracer<'_, '_> {
@@ -163,10 +149,10 @@ impl TableMemory<Hpa> for Tracer<'_, '_> {
     fn read_entry(&mut self, addr: Hpa, level: Level) -> Result<u64, Self::Error> {
         let value = self.inner.read_entry(addr, level)?;
         if let Some(trace) = self.trace.as_mut() {
-            trace.push(NestedRef {
+            trace.push(WalkRef {
                 table: self.name,
                 level: level.number(),
-                gpa: self.gpa,
+                gpa: Some(self.gpa),
                 hpa: addr,
                 entry: value,
             });

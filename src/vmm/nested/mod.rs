@@ -14,13 +14,14 @@ use crate::ept::NestedAccess;
 use crate::host::{BackingError, Host, VmmTables};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, InstallError};
-use crate::paging::{Access, WalkOutcome};
+use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
+use crate::sim::explain::Explanation;
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
 pub use format::{Ept, NestedFault, NestedFormat, Npt};
-pub use guest_view::{GuestView, NestedExit, NestedRef};
+pub use guest_view::{GuestView, NestedExit};
 
 /// How many nested exits one translation may take before the VMM gives up on it.
 const MAX_EXITS_PER_WALK: u32 = 8;
@@ -125,43 +126,6 @@ impl<F: NestedFormat> Nested<F> {
         self.handle_exit(fault, stats).ok()?;
         self.host.backing_of(gpa).map(|(hpa, _)| hpa)
     }
-
-    /// Translates `va` with every reference recorded (for `explain`). Caches are not used or
-    /// filled; exits are handled as in a run.
-    pub fn trace_walk(
-        &mut self,
-        va: Gva,
-        access: Access,
-        vcpu: &mut Vcpu,
-    ) -> (Vec<NestedRef>, Option<Gpa>, Option<Hpa>) {
-        for _ in 0..MAX_EXITS_PER_WALK {
-            let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None, vcpu.vpid);
-            view.trace = Some(Vec::new());
-            let outcome = crate::paging::walk(
-                &mut view,
-                vcpu.cr3.root,
-                va,
-                access,
-                &vcpu.cpu,
-                crate::paging::AdPolicy::Leave,
-            );
-            let exit = match outcome {
-                WalkOutcome::Mapped(t) => {
-                    let gpa = t.address(va);
-                    match view.nested(gpa, NestedAccess { kind: access.kind, final_translation: true }) {
-                        Ok((hpa, _)) => return (view.trace.unwrap_or_default(), Some(gpa), Some(hpa)),
-                        Err(exit) => exit,
-                    }
-                }
-                WalkOutcome::Memory(exit) => exit,
-                _ => return (view.trace.unwrap_or_default(), None, None),
-            };
-            if self.handle_exit(exit, &mut vcpu.stats).is_err() {
-                break;
-            }
-        }
-        (Vec::new(), None, None)
-    }
 }
 
 impl<F: NestedFormat> Mode for Nested<F> {
@@ -194,6 +158,53 @@ impl<F: NestedFormat> Mode for Nested<F> {
 
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
         self.host.backing_of(gpa).map(|(hpa, _)| hpa)
+    }
+
+    fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
+        let mut explanation = Explanation {
+            mode: self.format.name(),
+            gva: va,
+            access,
+            gpa: None,
+            hpa: None,
+            fault: None,
+            refs: Vec::new(),
+            vmm_refs: Vec::new(),
+        };
+        for _ in 0..MAX_EXITS_PER_WALK {
+            let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None, vcpu.vpid);
+            view.trace = Some(Vec::new());
+            let outcome = walk(&mut view, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave);
+            let exit = match outcome {
+                WalkOutcome::Mapped(t) => {
+                    let gpa = t.address(va);
+                    explanation.gpa = Some(gpa);
+                    match view.nested(gpa, NestedAccess { kind: access.kind, final_translation: true }) {
+                        Ok((hpa, _)) => {
+                            explanation.hpa = Some(hpa);
+                            None
+                        }
+                        Err(exit) => Some(exit),
+                    }
+                }
+                WalkOutcome::PageFault(fault) => {
+                    explanation.fault = Some(fault.code);
+                    None
+                }
+                WalkOutcome::NonCanonical => None,
+                WalkOutcome::Memory(exit) => Some(exit),
+            };
+            explanation.refs = view.trace.take().unwrap_or_default();
+            match exit {
+                None => break,
+                Some(exit) => {
+                    if self.handle_exit(exit, &mut vcpu.stats).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        explanation
     }
 
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {

@@ -28,9 +28,11 @@ use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PagingLevels, PAGE_BYTES};
 use crate::host::{GuestMemory, Host};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, entry_address, EntryFormat};
+use crate::paging::Traced;
 use crate::paging::{
     walk_from, Access, AdPolicy, Counted, PageFault, Pte, Rights, TableStep, WalkOutcome, WalkStart,
 };
+use crate::sim::explain::{Explanation, WalkRef};
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Cr3, Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
@@ -469,6 +471,89 @@ impl Mode for Shadow {
 
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
         self.host.backing_of(gpa).map(|(hpa, _)| hpa)
+    }
+
+    fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
+        let mut explanation = Explanation {
+            mode: "shadow",
+            gva: va,
+            access,
+            gpa: None,
+            hpa: None,
+            fault: None,
+            refs: Vec::new(),
+            vmm_refs: Vec::new(),
+        };
+        for _ in 0..MAX_FAULTS_PER_WALK {
+            let root = match self.active {
+                Some(root) => root,
+                None => match self.load_root(vcpu.cr3, &mut vcpu.stats) {
+                    Ok(root) => root,
+                    Err(_) => break,
+                },
+            };
+            let mut traced = Traced::new(&mut self.host.memory);
+            let outcome = crate::paging::walk(&mut traced, root, va, access, &vcpu.cpu, AdPolicy::Leave);
+            explanation.refs = traced
+                .reads
+                .iter()
+                .map(|r| WalkRef {
+                    table: "shadow",
+                    level: r.level.number(),
+                    gpa: None,
+                    hpa: r.addr,
+                    entry: r.value,
+                })
+                .collect();
+            match outcome {
+                WalkOutcome::Mapped(t) => {
+                    explanation.hpa = Some(t.address(va));
+                    explanation.gpa = self.reference_gpa(va, access, vcpu);
+                    break;
+                }
+                WalkOutcome::PageFault(_) => {
+                    // The exit, and the VMM's own walk of the guest tables that follows it.
+                    let mut memory = GuestMemory::observer(&mut self.host);
+                    let mut guest = Traced::new(&mut memory);
+                    let _ = crate::paging::walk(
+                        &mut guest,
+                        vcpu.cr3.root,
+                        va,
+                        access,
+                        &vcpu.cpu,
+                        AdPolicy::Leave,
+                    );
+                    let reads = guest.reads;
+                    explanation.vmm_refs = reads
+                        .iter()
+                        .filter_map(|r| {
+                            let (hpa, _) = self.host.backing_of(r.addr)?;
+                            Some(WalkRef {
+                                table: "guest",
+                                level: r.level.number(),
+                                gpa: Some(r.addr),
+                                hpa,
+                                entry: r.value,
+                            })
+                        })
+                        .collect();
+                    vcpu.stats.vm_exits.total += 1;
+                    vcpu.stats.vm_exits.page_fault += 1;
+                    let fix = self.fix(va, access, vcpu);
+                    self.apply_flush(vcpu);
+                    match fix {
+                        FaultFix::Fixed => {}
+                        FaultFix::Inject(fault) => {
+                            explanation.fault = Some(fault.code);
+                            break;
+                        }
+                        FaultFix::Emulated => break,
+                    }
+                }
+                WalkOutcome::NonCanonical | WalkOutcome::Memory(_) => break,
+            }
+        }
+        explanation
     }
 
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
