@@ -12,6 +12,9 @@ use memvirt::workload::lackey::LackeyTrace;
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
 use memvirt::workload::Workload;
 
+/// Builds a fresh copy of a workload for each mode.
+type Maker = Box<dyn Fn() -> Box<dyn Workload> + Sync>;
+
 const ALL: [ModeName; 4] = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
 
 fn trace_path() -> std::path::PathBuf {
@@ -48,7 +51,7 @@ fn every_mode_agrees_on_the_trace_and_the_scenarios() {
         move || scenario(name, params, size)
     };
     let config = SimConfig::default();
-    let cases: Vec<(&str, Box<dyn Fn() -> Box<dyn Workload> + Sync>)> = vec![
+    let cases: Vec<(&str, Maker)> = vec![
         ("trace", Box::new(trace)),
         ("seq-scan", Box::new(small("seq-scan", &[("size", "8M")], PageSize::Size4K))),
         (
