@@ -29,12 +29,12 @@ const MAX_ATTEMPTS: u32 = 8;
 pub enum ModeName {
     /// No virtualization: the guest kernel on bare metal.
     Native,
+    /// Software shadow page tables maintained by the VMM.
+    Shadow,
     /// Intel EPT: hardware two-dimensional walks through extended page tables.
     Ept,
     /// AMD NPT: hardware two-dimensional walks through nested x86-64 tables.
     Npt,
-    /// Software shadow page tables maintained by the VMM.
-    Shadow,
 }
 
 impl fmt::Display for ModeName {
