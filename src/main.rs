@@ -377,7 +377,7 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
         AccessArg::Write => AccessKind::Write,
         AccessArg::Fetch => AccessKind::Fetch,
     };
-    config.explain = Some((args.gva, Access::new(kind, Privilege::User)));
+    config.explain = Some(memvirt::sim::ExplainTarget::Address(args.gva, Access::new(kind, Privilege::User)));
     let (mut workload, _) = args.workload.open(&config)?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     let explanation = report.explanation.ok_or("the workload created no process to translate in")?;

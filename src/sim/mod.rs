@@ -8,5 +8,5 @@ pub mod stats;
 pub mod verify;
 
 pub use machine::Machine;
-pub use run::{run, run_with_progress, ModeName, RunReport, SimConfig, SimError};
+pub use run::{run, run_with_progress, ExplainTarget, ModeName, RunReport, SimConfig, SimError};
 pub use stats::Stats;

@@ -48,6 +48,15 @@ impl fmt::Display for ModeName {
     }
 }
 
+/// Which translation a run explains at its end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExplainTarget {
+    /// This address and access.
+    Address(Gva, Access),
+    /// The first access the workload made.
+    FirstAccess,
+}
+
 /// Everything a run is configured with.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimConfig {
@@ -75,10 +84,10 @@ pub struct SimConfig {
     pub cost: CostModel,
     /// Check every translation against the reference composition.
     pub verify: bool,
-    /// After the run, explain the translation of this address and access in the first
-    /// process, with every translation cache bypassed.
+    /// After the run, explain one translation in the first process, with every translation
+    /// cache bypassed.
     #[serde(skip)]
-    pub explain: Option<(Gva, Access)>,
+    pub explain: Option<ExplainTarget>,
     /// With `verify`: keep the translations with these indices (to locate a mismatch).
     #[serde(skip)]
     pub record: Option<std::ops::Range<u64>>,
@@ -246,6 +255,7 @@ fn run_with<M: Mode>(
     let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     let mut verifier = Verifier::new(config.verify, config.record.clone());
+    let mut first_access = None;
     while let Some(op) = workload.next_op()? {
         match op {
             Op::Spawn { pid, anywhere } => kernel.spawn(&mut machine, pid, anywhere)?,
@@ -257,6 +267,9 @@ fn run_with<M: Mode>(
                     progress.store(machine.vcpu.stats.accesses, Ordering::Relaxed);
                 }
                 let access = Access::new(kind, Privilege::User);
+                if first_access.is_none() {
+                    first_access = Some((va, access));
+                }
                 let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
                 let mut page = va;
                 loop {
@@ -285,7 +298,12 @@ fn run_with<M: Mode>(
     stats.page_table_bytes.shadow = own.shadow;
     stats.page_table_bytes.ept = own.ept;
     // After the counters are taken: explaining changes nothing that was counted.
-    let explanation = match (config.explain, kernel.first_process()) {
+    let target = match config.explain {
+        Some(ExplainTarget::Address(va, access)) => Some((va, access)),
+        Some(ExplainTarget::FirstAccess) => first_access,
+        None => None,
+    };
+    let explanation = match (target, kernel.first_process()) {
         (Some((va, access)), Some(pid)) => {
             kernel.switch_to(&mut machine, pid)?;
             Some(machine.mode.explain(va, access, &mut machine.vcpu))
