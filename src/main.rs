@@ -149,6 +149,13 @@ struct MachineArgs {
     /// Page size the host backs guest RAM with: 4k, 2m or 1g (nested mappings follow it).
     #[arg(long, default_value = "4k", value_parser = parse_host_page_size)]
     host_page_size: PageSize,
+    /// Shadow paging: let leaf shadow tables go out of sync (guest PTE writes do not exit;
+    /// the VMM resynchronises at the guest's INVLPG and flushing CR3 loads).
+    #[arg(long)]
+    shadow_unsync: bool,
+    /// Shadow paging: the most shadow pages at once; the oldest are recycled beyond it.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    shadow_max_pages: u64,
     /// Turn off EPT accessed/dirty flags (EPTP bit 6).
     #[arg(long)]
     no_ept_ad: bool,
@@ -210,6 +217,8 @@ impl MachineArgs {
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
         config.host_page_size = self.host_page_size;
         config.ept_ad = !self.no_ept_ad;
+        config.shadow.unsync = self.shadow_unsync;
+        config.shadow.max_pages = usize::try_from(self.shadow_max_pages).unwrap_or(usize::MAX);
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
         if let (Some(entries), Some(ways)) = (self.tlb_entries, self.tlb_ways) {
             if ways == 0 || entries == 0 || entries % ways != 0 {

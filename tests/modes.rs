@@ -91,6 +91,30 @@ fn five_level_guests_and_nested_tables_and_large_host_pages_agree_too() {
     }
 }
 
+#[test]
+fn shadow_options_keep_every_access_correct() {
+    let random = || scenario("uniform-random", &[("size", "64M"), ("accesses", "40000")], PageSize::Size4K);
+    // Out-of-sync leaf tables: far fewer page-table write exits, same results.
+    let mut config = SimConfig::default();
+    let synced = verified_comparison(&config, &random);
+    config.shadow.unsync = true;
+    let unsynced = verified_comparison(&config, &random);
+    let (synced, unsynced) = (&synced[1].stats, &unsynced[1].stats);
+    assert!(unsynced.shadow.unsyncs > 0);
+    assert!(
+        unsynced.vm_exits.pt_write * 10 < synced.vm_exits.pt_write,
+        "{} vs {}",
+        unsynced.vm_exits.pt_write,
+        synced.vm_exits.pt_write
+    );
+    // A tiny page budget: pages are recycled, results stay right.
+    let mut config = SimConfig::default();
+    config.shadow.max_pages = 6;
+    let reports = verified_comparison(&config, &trace);
+    let shadow = &reports[1].stats.shadow;
+    assert!(shadow.recycled > 0 && shadow.peak_pages <= 6, "{shadow:?}");
+}
+
 fn run_trace(mode: ModeName, config: &SimConfig) -> RunReport {
     run(mode, config, trace().as_mut()).expect("runs")
 }

@@ -205,7 +205,7 @@ pub fn run_with_progress(
             )?
         }
         ModeName::Shadow => {
-            let shadow = Shadow::new(new_host(config)?, config.cpu.levels, config.shadow);
+            let shadow = Shadow::new(new_host(config)?, &config.cpu, config.shadow);
             run_with(shadow, VM_VPID, config, workload, progress)?
         }
         ModeName::Npt => {

@@ -66,6 +66,10 @@ pub struct ShadowStats {
     pub hidden_faults: u64,
     /// Page faults the VMM injected into the guest.
     pub injected_faults: u64,
+    /// Leaf shadow pages let go out of sync (with `--shadow-unsync`).
+    pub unsyncs: u64,
+    /// Out-of-sync pages resynchronised at a guest TLB flush point.
+    pub resyncs: u64,
     /// Guest page-table entries the VMM read in software (its own walks of guest tables).
     pub vmm_walk_refs: u64,
 }

@@ -51,12 +51,14 @@ const MAX_FAULTS_PER_WALK: u32 = 8;
 pub struct ShadowConfig {
     /// The most shadow pages in use at once; the oldest are recycled beyond it.
     pub max_pages: usize,
+    /// Let leaf shadow pages go out of sync instead of trapping every guest PTE write.
+    pub unsync: bool,
 }
 
 impl Default for ShadowConfig {
     /// 65,536 pages (256 MiB of shadow tables).
     fn default() -> Self {
-        Self { max_pages: 1 << 16 }
+        Self { max_pages: 1 << 16, unsync: false }
     }
 }
 
@@ -75,10 +77,13 @@ pub struct Shadow {
     host: Host,
     config: ShadowConfig,
     levels: PagingLevels,
+    nxe: bool,
     pages: FxHashMap<Hpa, ShadowPage>,
     index: FxHashMap<(Gfn, Role), Hpa>,
     /// Indirect shadow pages of each write-protected guest frame.
     protected: FxHashMap<Gfn, Vec<Hpa>>,
+    /// Out-of-sync shadow pages of each guest frame the guest may write freely.
+    unsync: FxHashMap<Gfn, Vec<Hpa>>,
     /// Leaf shadow entries that map each guest frame (entries may have gone stale).
     rmap: FxHashMap<Gfn, Vec<Hpa>>,
     order: VecDeque<Hpa>,
@@ -88,15 +93,17 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// A VM with no shadow pages yet; the guest uses `levels`-level paging.
-    pub fn new(host: Host, levels: PagingLevels, config: ShadowConfig) -> Self {
+    /// A VM with no shadow pages yet, for a guest with paging state `cpu`.
+    pub fn new(host: Host, cpu: &crate::paging::CpuState, config: ShadowConfig) -> Self {
         Self {
             host,
             config,
-            levels,
+            levels: cpu.levels,
+            nxe: cpu.nxe,
             pages: FxHashMap::default(),
             index: FxHashMap::default(),
             protected: FxHashMap::default(),
+            unsync: FxHashMap::default(),
             rmap: FxHashMap::default(),
             order: VecDeque::new(),
             roots: VecDeque::new(),
@@ -136,6 +143,12 @@ impl Shadow {
     /// The shadow page for (`gfn`, `role`), created (and its guest frame write-protected) if
     /// there is none.
     fn get_or_create(&mut self, gfn: Gfn, role: Role, stats: &mut Stats) -> Result<Hpa, OutOfFrames> {
+        if role.level > Level::Pt && self.unsync.contains_key(&gfn) {
+            // The frame is about to be shadowed as an upper-level table, which must be
+            // write-protected: bring its leaf pages back in sync first. (A leaf page found
+            // again stays out of sync; the fault that found it fixes the entry it needs.)
+            self.sync_gfn(gfn, stats);
+        }
         if let Some(&table) = self.index.get(&(gfn, role)) {
             stats.shadow.hash_hits += 1;
             return Ok(table);
@@ -143,7 +156,10 @@ impl Shadow {
         stats.shadow.hash_misses += 1;
         self.recycle(stats);
         let table = self.host.table_frame()?;
-        self.pages.insert(table, ShadowPage { table, gfn, role, parents: Vec::new(), writes_since_use: 0 });
+        self.pages.insert(
+            table,
+            ShadowPage { table, gfn, role, parents: Vec::new(), writes_since_use: 0, unsync: false },
+        );
         self.index.insert((gfn, role), table);
         self.order.push_back(table);
         stats.shadow.created += 1;
@@ -199,10 +215,12 @@ impl Shadow {
         let Some(page) = self.pages.remove(&table) else { return };
         self.index.remove(&(page.gfn, page.role));
         if !page.role.direct {
-            if let Some(list) = self.protected.get_mut(&page.gfn) {
-                list.retain(|&t| t != table);
-                if list.is_empty() {
-                    self.protected.remove(&page.gfn);
+            for map in [&mut self.protected, &mut self.unsync] {
+                if let Some(list) = map.get_mut(&page.gfn) {
+                    list.retain(|&t| t != table);
+                    if list.is_empty() {
+                        map.remove(&page.gfn);
+                    }
                 }
             }
         }
@@ -236,10 +254,94 @@ impl Shadow {
 
     /// Zaps every shadow page of `gfn` (the guest reuses or rewrites the whole table).
     fn unshadow(&mut self, gfn: Gfn, stats: &mut Stats) {
-        let tables = self.protected.get(&gfn).cloned().unwrap_or_default();
+        let mut tables = self.protected.get(&gfn).cloned().unwrap_or_default();
+        tables.extend(self.unsync.get(&gfn).cloned().unwrap_or_default());
         for table in tables {
             self.zap(table, stats);
         }
+    }
+
+    /// Whether a leaf shadow entry still agrees with the guest entry it was made from: it must
+    /// map the same frame and grant no right the guest entry does not.
+    fn spte_current(&mut self, spte: u64, guest: u64, nxe: bool) -> bool {
+        let guest = Pte(guest);
+        if !guest.has(Pte::PRESENT) || guest.has(Pte::PAGE_SIZE) {
+            return false;
+        }
+        let frame = Gpa::new(guest.0 & Pte::ADDRESS_MASK);
+        let backing = self.host.backing_of(frame).map(|(hpa, _)| hpa.as_u64() & Pte::ADDRESS_MASK);
+        let spte = Pte(spte);
+        backing == Some(spte.0 & Pte::ADDRESS_MASK)
+            && (!spte.has(Pte::WRITABLE) || (guest.has(Pte::WRITABLE) && guest.has(Pte::DIRTY)))
+            && (!spte.has(Pte::USER) || guest.has(Pte::USER))
+            && (spte.has(Pte::NO_EXECUTE) || !(nxe && guest.has(Pte::NO_EXECUTE)))
+    }
+
+    /// Brings one entry of an out-of-sync page up to date: drops it if the guest changed it.
+    fn sync_entry(&mut self, table: Hpa, gfn: Gfn, index: u64, nxe: bool) -> bool {
+        let spte_addr = Hpa::new(table.as_u64() + index * 8);
+        let spte = self.host.memory.read_u64(spte_addr);
+        if spte & Pte::PRESENT == 0 {
+            return false;
+        }
+        let guest = match self.host.backing_of(Gpa::new(gfn.start().as_u64() + index * 8)) {
+            Some((hpa, _)) => self.host.memory.read_u64(hpa),
+            None => 0,
+        };
+        if self.spte_current(spte, guest, nxe) {
+            return false;
+        }
+        self.host.memory.write_u64(spte_addr, 0);
+        true
+    }
+
+    /// Resynchronises every out-of-sync page of `gfn` and write-protects the frame again.
+    fn sync_gfn(&mut self, gfn: Gfn, stats: &mut Stats) {
+        let Some(tables) = self.unsync.remove(&gfn) else { return };
+        let nxe = self.nxe;
+        for &table in &tables {
+            for index in 0..512 {
+                if self.sync_entry(table, gfn, index, nxe) {
+                    self.pending_flush = true;
+                }
+            }
+            if let Some(page) = self.pages.get_mut(&table) {
+                page.unsync = false;
+            }
+            stats.shadow.resyncs += 1;
+        }
+        self.protected.entry(gfn).or_default().extend(tables);
+        self.write_protect(gfn);
+    }
+
+    /// Resynchronises every out-of-sync page (a guest CR3 load that flushes).
+    fn sync_all(&mut self, stats: &mut Stats) {
+        let frames: Vec<Gfn> = self.unsync.keys().copied().collect();
+        for gfn in frames {
+            self.sync_gfn(gfn, stats);
+        }
+    }
+
+    /// With unsync on: lets `gfn`'s shadow pages go out of sync if they are all leaf tables,
+    /// so the guest can write the frame without exits. Returns whether it did.
+    fn try_unsync(&mut self, gfn: Gfn, stats: &mut Stats) -> bool {
+        if !self.config.unsync {
+            return false;
+        }
+        let Some(tables) = self.protected.get(&gfn) else { return false };
+        let all_leaf = tables.iter().all(|t| self.pages.get(t).is_some_and(|p| p.role.level == Level::Pt));
+        if !all_leaf {
+            return false;
+        }
+        let tables = self.protected.remove(&gfn).unwrap_or_default();
+        for table in &tables {
+            if let Some(page) = self.pages.get_mut(table) {
+                page.unsync = true;
+            }
+            stats.shadow.unsyncs += 1;
+        }
+        self.unsync.insert(gfn, tables);
+        true
     }
 
     /// Points the real CR3 at the shadow root for `cr3`.
@@ -400,7 +502,10 @@ impl Mode for Shadow {
             let stats = &mut vcpu.stats;
             stats.vm_exits.total += 1;
             stats.vm_exits.pt_write += 1;
-            if gpa.as_u64() % 8 != 0 {
+            if self.try_unsync(gfn, stats) {
+                // The write is retried natively; the shadow page lags until the guest's
+                // next TLB flush point.
+            } else if gpa.as_u64() % 8 != 0 {
                 let before = stats.shadow.zaps;
                 self.unshadow(gfn, stats);
                 stats.shadow.flood_zaps += stats.shadow.zaps - before;
@@ -428,6 +533,10 @@ impl Mode for Shadow {
     }
 
     fn zero_guest_frame(&mut self, gfn: Gfn, vcpu: &mut Vcpu) {
+        if self.unsync.contains_key(&gfn) {
+            // Reused as a fresh table: its old shadow pages are of no use.
+            self.unshadow(gfn, &mut vcpu.stats);
+        }
         if self.is_protected(gfn) {
             vcpu.stats.vm_exits.total += 1;
             vcpu.stats.vm_exits.pt_write += 1;
@@ -444,6 +553,9 @@ impl Mode for Shadow {
     fn on_cr3_load(&mut self, cr3: Cr3, vcpu: &mut Vcpu) {
         vcpu.stats.vm_exits.total += 1;
         vcpu.stats.vm_exits.cr3_write += 1;
+        if !cr3.no_flush || !vcpu.cpu.pcide {
+            self.sync_all(&mut vcpu.stats);
+        }
         let _ = self.load_root(cr3, &mut vcpu.stats);
         self.apply_flush(vcpu);
     }

@@ -30,4 +30,7 @@ pub struct ShadowPage {
     pub parents: Vec<Hpa>,
     /// Guest writes to the shadowed table since the page was last used by a fault.
     pub writes_since_use: u8,
+    /// Out of sync: the guest frame is left writable and the page may lag the guest table
+    /// until the guest's next TLB flush point.
+    pub unsync: bool,
 }
