@@ -17,7 +17,7 @@ use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::Workload;
 
 /// The scenario used when neither --workload nor --trace is given.
-const DEFAULT_WORKLOAD: &str = "uniform-random";
+const DEFAULT_WORKLOAD: &str = "mixed";
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +115,7 @@ struct CompareArgs {
 
 #[derive(Args)]
 struct WorkloadArgs {
-    /// A builtin scenario (see `memvirt workloads`) [default: uniform-random].
+    /// A builtin scenario (see `memvirt workloads`) [default: mixed].
     #[arg(long, value_name = "NAME", conflicts_with = "trace")]
     workload: Option<String>,
     /// A valgrind lackey trace (`valgrind --tool=lackey --trace-mem=yes --log-file=FILE PROG`).

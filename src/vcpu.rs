@@ -188,6 +188,12 @@ impl Vcpu {
         }
     }
 
+    /// Zeroes every counter (the end of a warm-up); caches keep their contents.
+    pub fn reset_counters(&mut self) {
+        self.stats = Stats::default();
+        self.tlb.reset_stats();
+    }
+
     /// A guest CR3 load: flushes what the architecture says a MOV to CR3 flushes.
     pub fn load_cr3(&mut self, cr3: Cr3) {
         self.cr3 = cr3;

@@ -78,6 +78,8 @@ pub struct SimConfig {
     pub ept_ad: bool,
     /// Shadow-paging options.
     pub shadow: ShadowConfig,
+    /// Accesses left out of the counters at the start of the run.
+    pub warmup: u64,
     /// Whether paging-structure caches and the nested TLB are on.
     pub walk_caches: bool,
     /// Cycle costs.
@@ -102,6 +104,7 @@ impl Default for SimConfig {
             seed: 1,
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
+            warmup: 0,
             nested_levels: PagingLevels::Four,
             host_page_size: PageSize::Size4K,
             ept_ad: true,
@@ -256,11 +259,44 @@ fn run_with<M: Mode>(
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut first_access = None;
+    // Accesses left before the counters start (+1: the reset happens before the next one).
+    let mut warmup_left = if config.warmup > 0 { config.warmup + 1 } else { 0 };
     while let Some(op) = workload.next_op()? {
         match op {
             Op::Spawn { pid, anywhere } => kernel.spawn(&mut machine, pid, anywhere)?,
             Op::Map { pid, region } => kernel.add_region(pid, region)?,
+            Op::Munmap { pid, start, len } => {
+                kernel.switch_to(&mut machine, pid)?;
+                kernel.munmap(&mut machine, pid, start, len)?;
+            }
+            Op::Mprotect { pid, start, len, prot } => {
+                kernel.switch_to(&mut machine, pid)?;
+                kernel.mprotect(&mut machine, pid, start, len, prot)?;
+            }
+            Op::Fork { parent, child } => {
+                kernel.switch_to(&mut machine, parent)?;
+                kernel.fork(&mut machine, parent, child)?;
+            }
+            Op::Exec { pid } => {
+                kernel.switch_to(&mut machine, pid)?;
+                kernel.exec(&mut machine, pid)?;
+            }
+            Op::Exit { pid } => {
+                kernel.switch_to(&mut machine, pid)?;
+                kernel.exit(&mut machine, pid)?;
+            }
+            Op::StartMeasuring => {
+                machine.vcpu.reset_counters();
+                kernel.reset_counters();
+            }
             Op::Access { pid, va, kind, size } => {
+                if warmup_left > 0 {
+                    warmup_left -= 1;
+                    if warmup_left == 0 {
+                        machine.vcpu.reset_counters();
+                        kernel.reset_counters();
+                    }
+                }
                 kernel.switch_to(&mut machine, pid)?;
                 machine.vcpu.stats.accesses += 1;
                 if machine.vcpu.stats.accesses % PROGRESS_EVERY == 0 {
@@ -291,8 +327,10 @@ fn run_with<M: Mode>(
     }
     let mut stats = machine.vcpu.stats.clone();
     stats.tlb = machine.vcpu.tlb.stats();
-    stats.context_switches = kernel.context_switches();
-    stats.pages_mapped = kernel.pages_mapped();
+    let counters = kernel.counters();
+    stats.context_switches = counters.context_switches;
+    stats.pages_mapped = counters.pages_mapped;
+    stats.guest = counters;
     let own = machine.mode.page_table_bytes();
     stats.page_table_bytes.guest = kernel.page_table_bytes();
     stats.page_table_bytes.shadow = own.shadow;

@@ -107,6 +107,8 @@ pub struct Stats {
     pub general_protection: u64,
     /// VM exits.
     pub vm_exits: VmExits,
+    /// What the guest kernel did.
+    pub guest: crate::guest::kernel::GuestCounters,
     /// Shadow-paging VMM counters.
     pub shadow: ShadowStats,
     /// Page-table memory at the end of the run.

@@ -220,6 +220,11 @@ impl Tlb {
         self.l2.retain(&mut keep);
     }
 
+    /// Zeroes the hit and miss counts.
+    pub fn reset_stats(&mut self) {
+        self.stats = TlbLevelStats::default();
+    }
+
     /// Hit and miss counts so far.
     pub fn stats(&self) -> TlbLevelStats {
         self.stats

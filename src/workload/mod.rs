@@ -2,14 +2,16 @@
 //! of [`Op`]s.
 
 pub mod lackey;
+pub mod programs;
 pub mod rng;
 pub mod scenario;
+pub mod scheduler;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::addr::Gva;
-use crate::guest::{Pid, Region};
+use crate::guest::{Pid, Prot, Region};
 use crate::paging::AccessKind;
 
 /// One step of a workload.
@@ -29,6 +31,45 @@ pub enum Op {
         /// The region.
         region: Region,
     },
+    /// `munmap(start, len)` by `pid`.
+    Munmap {
+        /// The process.
+        pid: Pid,
+        /// First byte (4 KiB-aligned).
+        start: Gva,
+        /// Length in bytes (a multiple of 4 KiB).
+        len: u64,
+    },
+    /// `mprotect(start, len, prot)` by `pid`.
+    Mprotect {
+        /// The process.
+        pid: Pid,
+        /// First byte (4 KiB-aligned).
+        start: Gva,
+        /// Length in bytes (a multiple of 4 KiB).
+        len: u64,
+        /// The new rights.
+        prot: Prot,
+    },
+    /// `fork()` by `parent`, creating `child`.
+    Fork {
+        /// The forking process.
+        parent: Pid,
+        /// The new process.
+        child: Pid,
+    },
+    /// `exec()` by `pid`: its address space is replaced by an empty one.
+    Exec {
+        /// The process.
+        pid: Pid,
+    },
+    /// `exit()` by `pid`.
+    Exit {
+        /// The process.
+        pid: Pid,
+    },
+    /// Everything before this point is set-up: the counters start from zero here.
+    StartMeasuring,
     /// A user-mode memory access of `size` bytes at `va` by `pid`.
     Access {
         /// The process.

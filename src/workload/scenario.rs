@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::addr::{Gva, PageSize};
 use crate::guest::{Prot, Region};
 use crate::paging::AccessKind;
+use crate::workload::programs;
 use crate::workload::rng::Rng;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -47,6 +48,36 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
         description: "sequential passes over one buffer: few TLB misses, each page faulted in once",
         params: &[("size", "64M"), ("stride", "64"), ("passes", "2")],
         build: build_seq_scan,
+    },
+    ScenarioSpec {
+        name: "gups",
+        description: "random 8-byte updates over a large table after initialising it: TLB-miss heavy, stable tables",
+        params: &[("size", "1G"), ("updates", "1000000")],
+        build: build_gups,
+    },
+    ScenarioSpec {
+        name: "fork-storm",
+        description: "a shell running short commands: fork, copy-on-write, exec, exit: page-table-update heavy",
+        params: &[("forks", "200"), ("work", "2000")],
+        build: build_fork_storm,
+    },
+    ScenarioSpec {
+        name: "multi-process",
+        description: "several processes with their own buffers, switching every quantum of accesses",
+        params: &[("processes", "8"), ("size", "64M"), ("accesses", "1000000"), ("quantum", "2000")],
+        build: build_multi_process,
+    },
+    ScenarioSpec {
+        name: "mmap-churn",
+        description: "an allocator mapping, touching, protecting and returning memory",
+        params: &[("ops", "3000"), ("live", "32"), ("max-pages", "64")],
+        build: build_mmap_churn,
+    },
+    ScenarioSpec {
+        name: "mixed",
+        description: "the default: a fork storm and random updates over a large table, as two concurrent processes' worth of work",
+        params: &[("forks", "100"), ("size", "512M"), ("updates", "300000")],
+        build: build_mixed,
     },
     ScenarioSpec {
         name: "uniform-random",
@@ -208,6 +239,76 @@ impl Workload for BufferScenario {
         let va = Gva::new_truncate(BUFFER_BASE + offset);
         Ok(Some(Op::Access { pid: PID, va, kind, size: 8 }))
     }
+}
+
+fn build_gups(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let size = params.size("size", 4096)?;
+    let updates = params.size("updates", 1)?;
+    let state = programs::Gups::new(context.seed, size, updates, context.page_size);
+    Ok(Box::new(programs::Program::new(state, programs::steps::gups)))
+}
+
+fn build_fork_storm(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let forks = params.size("forks", 1)?;
+    let work = params.size("work", 0)?;
+    let state = programs::ForkStorm::new(context.seed, forks, work, context.page_size);
+    Ok(Box::new(programs::Program::new(state, programs::steps::fork_storm)))
+}
+
+fn build_multi_process(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let processes = params.size("processes", 1)?;
+    let processes = u32::try_from(processes)
+        .ok()
+        .filter(|n| *n <= 4000)
+        .ok_or_else(|| params.error(format!("processes={processes}: at most 4000")))?;
+    let size = params.size("size", 4096)?;
+    let accesses = params.size("accesses", 1)?;
+    let quantum = params.size("quantum", 1)?;
+    let state =
+        programs::MultiProcess::new(context.seed, processes, size, accesses, quantum, context.page_size);
+    Ok(Box::new(programs::Program::new(state, programs::steps::multi_process)))
+}
+
+fn build_mmap_churn(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let ops = params.size("ops", 1)?;
+    let live = usize::try_from(params.size("live", 1)?).unwrap_or(usize::MAX);
+    let max_pages = params.size("max-pages", 1)?;
+    let state = programs::MmapChurn::new(context.seed, ops, live, max_pages, context.page_size);
+    Ok(Box::new(programs::Program::new(state, programs::steps::mmap_churn)))
+}
+
+fn build_mixed(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let forks = params.size("forks", 1)?;
+    let size = params.size("size", 4096)?;
+    let updates = params.size("updates", 1)?;
+    let storm = programs::ForkStorm::new(context.seed, forks, 2000, context.page_size);
+    let table = programs::Gups::new(context.seed ^ 0x9e37, size, updates, context.page_size);
+    Ok(Box::new(crate::workload::scheduler::Interleave::new(
+        vec![
+            Box::new(programs::Program::new(storm, programs::steps::fork_storm)),
+            Box::new(crate::workload::scheduler::Renumber::new(
+                Box::new(programs::Program::new(table, programs::steps::gups)),
+                1_000_000,
+                true,
+            )),
+        ],
+        5000,
+    )))
 }
 
 fn build_seq_scan(

@@ -1,6 +1,9 @@
 //! The guest kernel: boots a shared kernel half, creates processes, switches between them and
 //! pages their memory in on demand.
 
+mod address_space;
+mod lifecycle;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -8,8 +11,11 @@ use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels, PAGE_BYTES};
 use crate::guest::page_table::{self, GuestTables, Leaf, KERNEL_TABLE_FLAGS, USER_TABLE_FLAGS};
 use crate::guest::platform::Platform;
 use crate::guest::region::{Prot, Region};
-use crate::memory::{BigFrame, FrameAllocator, OutOfFrames};
+use rustc_hash::FxHashMap;
+
+use crate::memory::{BigFrame, FrameAllocator, FrameNumber, OutOfFrames};
 use crate::paging::builder::InstallError;
+use crate::paging::builder::Slot;
 use crate::paging::{Access, Pte};
 use crate::vcpu::Cr3;
 
@@ -113,11 +119,39 @@ pub struct Kernel {
     template: Gfn,
     processes: BTreeMap<Pid, Process>,
     current: Option<Pid>,
+    /// The process that ran last (still set after it exits, to count the switch away).
+    last_ran: Option<Pid>,
     pcid_owner: Vec<Option<Pid>>,
     next_pcid: usize,
     table_frames: u64,
-    pages_mapped: u64,
-    context_switches: u64,
+    /// Extra mappings of shared data frames (copy-on-write), keyed by frame start.
+    shared: FxHashMap<Gpa, u32>,
+    /// Live 4 KiB pieces of 2 MiB frames whose mapping was split.
+    split_pieces: FxHashMap<u64, u32>,
+    counters: GuestCounters,
+}
+
+/// What the guest kernel did, for the stats.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize)]
+pub struct GuestCounters {
+    /// 4 KiB pages mapped on demand (a 2 MiB page counts 512).
+    pub pages_mapped: u64,
+    /// Switches from one process to another.
+    pub context_switches: u64,
+    /// Copy-on-write faults resolved.
+    pub cow_breaks: u64,
+    /// Processes forked.
+    pub forks: u64,
+    /// Execs.
+    pub execs: u64,
+    /// Process exits.
+    pub exits: u64,
+    /// munmap calls.
+    pub munmaps: u64,
+    /// mprotect calls.
+    pub mprotects: u64,
+    /// 2 MiB mappings split into 4 KiB ones.
+    pub large_splits: u64,
 }
 
 impl Kernel {
@@ -143,11 +177,13 @@ impl Kernel {
             template,
             processes: BTreeMap::new(),
             current: None,
+            last_ran: None,
             pcid_owner: vec![None; PCID_COUNT],
             next_pcid: 1,
             table_frames: 1,
-            pages_mapped: 0,
-            context_switches: 0,
+            shared: FxHashMap::default(),
+            split_pieces: FxHashMap::default(),
+            counters: GuestCounters::default(),
         };
         let half = KERNEL_IMAGE_BYTES / 2;
         let text = Region {
@@ -237,6 +273,14 @@ impl Kernel {
         Ok(())
     }
 
+    /// The end of the user half (exclusive).
+    fn user_end(&self) -> u64 {
+        match self.levels {
+            PagingLevels::Four => USER_HALF_END_4,
+            PagingLevels::Five => USER_HALF_END_5,
+        }
+    }
+
     /// Whether `pid` exists.
     pub fn has_process(&self, pid: Pid) -> bool {
         self.processes.contains_key(&pid)
@@ -262,9 +306,10 @@ impl Kernel {
         } else {
             Cr3 { root: process.root.start(), pcid: 0, no_flush: false }
         };
-        if self.current.is_some() {
-            self.context_switches += 1;
+        if self.last_ran.is_some_and(|last| last != pid) {
+            self.counters.context_switches += 1;
         }
+        self.last_ran = Some(pid);
         self.current = Some(pid);
         p.load_cr3(cr3);
         Ok(())
@@ -299,6 +344,10 @@ impl Kernel {
         let root = process.root.start();
         let slot = page_table::lookup(p, root, va, levels);
         if slot.leaf {
+            let pte = Pte(slot.value);
+            if access.is_write() && !pte.has(Pte::WRITABLE) && region.prot.write {
+                return self.break_cow(p, slot, va);
+            }
             // Present: the tables already allow what the region allows.
             p.invlpg(va);
             return Ok(FaultResolution::Spurious);
@@ -319,7 +368,7 @@ impl Kernel {
                 table_flags: USER_TABLE_FLAGS,
             };
             self.install(p, root, leaf)?;
-            self.pages_mapped += 512;
+            self.counters.pages_mapped += 512;
         } else {
             let frame = self.small.allocate()?;
             let leaf = Leaf {
@@ -330,9 +379,73 @@ impl Kernel {
                 table_flags: USER_TABLE_FLAGS,
             };
             self.install(p, root, leaf)?;
-            self.pages_mapped += 1;
+            self.counters.pages_mapped += 1;
         }
         Ok(FaultResolution::Mapped)
+    }
+
+    /// A write to a present read-only page of a writable region: copy-on-write after fork.
+    /// The page is copied if still shared, or simply made writable if this mapping is the
+    /// last; then the stale translation is flushed, as Linux's `ptep_clear_flush` does.
+    fn break_cow(
+        &mut self,
+        p: &mut impl Platform,
+        slot: Slot<Gpa>,
+        va: Gva,
+    ) -> Result<FaultResolution, KernelError> {
+        let size = slot.level.leaf_size().unwrap_or(PageSize::Size4K);
+        let old = Pte(slot.value);
+        let frame = Gpa::new(old.0 & Pte::ADDRESS_MASK & !(size.bytes() - 1));
+        let target = if self.extra_refs(frame) > 0 {
+            self.drop_ref(frame, size);
+            self.allocate_frame(size)?
+        } else {
+            frame
+        };
+        let keep = old.0 & !(Pte::ADDRESS_MASK);
+        let new = Pte((target.as_u64() & Pte::ADDRESS_MASK) | keep | Pte::WRITABLE | Pte::DIRTY);
+        p.write_phys(slot.entry, new.0);
+        p.invlpg(va);
+        self.counters.cow_breaks += 1;
+        Ok(FaultResolution::Mapped)
+    }
+
+    /// A zero-filled data frame of `size`.
+    fn allocate_frame(&mut self, size: PageSize) -> Result<Gpa, KernelError> {
+        Ok(match size {
+            PageSize::Size4K => self.small.allocate()?.start(),
+            _ => Gpa::new(self.large.allocate()?.start_raw()),
+        })
+    }
+
+    /// Mappings of `frame` besides the first (copy-on-write sharing after fork).
+    fn extra_refs(&self, frame: Gpa) -> u32 {
+        self.shared.get(&frame).copied().unwrap_or(0)
+    }
+
+    /// Drops one mapping of the data frame at `frame`; frees it with its last mapping. A
+    /// 4 KiB piece of a split 2 MiB frame frees the 2 MiB frame with its last piece.
+    fn drop_ref(&mut self, frame: Gpa, size: PageSize) {
+        if let Some(extra) = self.shared.get_mut(&frame) {
+            *extra -= 1;
+            if *extra == 0 {
+                self.shared.remove(&frame);
+            }
+            return;
+        }
+        match size {
+            PageSize::Size4K if self.small.owns(frame.frame()) => self.small.free(frame.frame()),
+            PageSize::Size4K => {
+                let large = frame.as_u64() >> PageSize::Size2M.shift();
+                let pieces = self.split_pieces.entry(large).or_insert(512);
+                *pieces -= 1;
+                if *pieces == 0 {
+                    self.split_pieces.remove(&large);
+                    self.large.free(LargeFrame::from_number(large));
+                }
+            }
+            _ => self.large.free(LargeFrame::from_number(frame.as_u64() >> PageSize::Size2M.shift())),
+        }
     }
 
     /// Bytes of guest memory holding page tables.
@@ -340,14 +453,14 @@ impl Kernel {
         self.table_frames * PAGE_BYTES
     }
 
-    /// 4 KiB pages mapped on demand so far (a 2 MiB page counts 512).
-    pub fn pages_mapped(&self) -> u64 {
-        self.pages_mapped
+    /// Zeroes the counters (the end of a warm-up).
+    pub fn reset_counters(&mut self) {
+        self.counters = GuestCounters::default();
     }
 
-    /// Switches between two processes so far.
-    pub fn context_switches(&self) -> u64 {
-        self.context_switches
+    /// What the kernel did so far.
+    pub fn counters(&self) -> GuestCounters {
+        self.counters
     }
 
     /// The process with the lowest identifier (the workload's first, for the builtin ones).
