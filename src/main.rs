@@ -13,6 +13,7 @@ use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::{self, ModeName, SimConfig};
 use memvirt::tlb::TlbConfig;
 use memvirt::workload::lackey::LackeyTrace;
+use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::Workload;
 
@@ -118,9 +119,16 @@ struct WorkloadArgs {
     /// A builtin scenario (see `memvirt workloads`) [default: mixed].
     #[arg(long, value_name = "NAME", conflicts_with = "trace")]
     workload: Option<String>,
-    /// A valgrind lackey trace (`valgrind --tool=lackey --trace-mem=yes --log-file=FILE PROG`).
+    /// A memory trace: valgrind lackey text (plain or gzip) or memvirt's binary format.
+    /// Repeat to run several traces as concurrent processes (pids 1, 2, ...).
     #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
+    trace: Vec<PathBuf>,
+    /// With several traces: accesses each process runs before the next one's turn.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    quantum: u64,
+    /// Leave the first N accesses out of the counters (caches and tables stay warm).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u64,
     /// A scenario parameter, e.g. `--param size=2G`; repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     params: Vec<(String, String)>,
@@ -203,7 +211,8 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 impl MachineArgs {
-    fn config(&self, seed: u64) -> Result<SimConfig, String> {
+    fn config(&self, workload: &WorkloadArgs) -> Result<SimConfig, String> {
+        let seed = workload.seed;
         let mut config = SimConfig {
             seed,
             guest_ram: self.guest_ram,
@@ -214,6 +223,7 @@ impl MachineArgs {
             config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
         }
         config.walk_caches = !self.no_walk_caches;
+        config.warmup = workload.warmup;
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
         config.host_page_size = self.host_page_size;
         config.ept_ad = !self.no_ept_ad;
@@ -234,12 +244,20 @@ impl MachineArgs {
 
 impl WorkloadArgs {
     fn open(&self, config: &SimConfig) -> Result<(Box<dyn Workload>, serde_json::Value), String> {
-        if let Some(path) = &self.trace {
+        if !self.trace.is_empty() {
             if !self.params.is_empty() {
                 return Err("--param applies to builtin workloads, not to --trace".to_string());
             }
-            let trace = LackeyTrace::open(path, 1).map_err(|e| e.to_string())?;
-            return Ok((Box::new(trace), serde_json::json!({ "trace": path })));
+            let mut streams: Vec<Box<dyn Workload>> = Vec::with_capacity(self.trace.len());
+            for (pid, path) in (1..).zip(&self.trace) {
+                streams.push(open_trace(path, pid).map_err(|e| e.to_string())?);
+            }
+            let workload: Box<dyn Workload> = if streams.len() == 1 {
+                streams.remove(0)
+            } else {
+                Box::new(Interleave::new(streams, self.quantum))
+            };
+            return Ok((workload, serde_json::json!({ "traces": self.trace, "quantum": self.quantum })));
         }
         let name = self.workload.as_deref().unwrap_or(DEFAULT_WORKLOAD);
         let params: BTreeMap<String, String> = self.params.iter().cloned().collect();
@@ -250,7 +268,7 @@ impl WorkloadArgs {
 }
 
 fn run(args: &RunArgs) -> Result<(), String> {
-    let config = args.machine.config(args.workload.seed)?;
+    let config = args.machine.config(&args.workload)?;
     let (mut workload, description) = args.workload.open(&config)?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     if args.json {
@@ -267,7 +285,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
 }
 
 fn compare(args: &CompareArgs) -> Result<bool, String> {
-    let mut config = args.machine.config(args.workload.seed)?;
+    let mut config = args.machine.config(&args.workload)?;
     config.verify = !args.no_verify;
     // Open once up front so a bad trace or parameter fails before any thread starts.
     let (_, description) = args.workload.open(&config)?;
@@ -380,7 +398,7 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> 
 }
 
 fn explain(args: &ExplainArgs) -> Result<(), String> {
-    let mut config = args.machine.config(args.workload.seed)?;
+    let mut config = args.machine.config(&args.workload)?;
     let kind = match args.access {
         AccessArg::Read => AccessKind::Read,
         AccessArg::Write => AccessKind::Write,
@@ -396,6 +414,11 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
         print!("{}", memvirt::report::explanation_table(&explanation));
     }
     Ok(())
+}
+
+/// Opens a trace file as process `pid`'s accesses.
+fn open_trace(path: &std::path::Path, pid: u32) -> Result<Box<dyn Workload>, memvirt::workload::WorkloadError> {
+    Ok(Box::new(LackeyTrace::open(path, pid)?))
 }
 
 fn workloads() {
