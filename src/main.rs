@@ -50,6 +50,10 @@ enum Command {
     Explain(ExplainArgs),
     /// List the builtin workloads: name, then what it does and its parameters.
     Workloads,
+    /// Measure simulation speed: accesses per second per mode on a real trace (TLB-friendly),
+    /// uniform-random over a 16 GiB buffer (miss-heavy) and the fork storm (table-update
+    /// heavy), each against a floor loop measured in the same run.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +96,23 @@ enum AccessArg {
     Read,
     Write,
     Fetch,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The real-program trace to measure (default: the bundled trace of /bin/true, if run
+    /// from the source tree).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Accesses of the miss-heavy scenario.
+    #[arg(long, default_value_t = 2_000_000)]
+    accesses: u64,
+    /// Forks of the fork storm.
+    #[arg(long, default_value_t = 300)]
+    forks: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -421,6 +442,44 @@ fn open_trace(path: &std::path::Path, pid: u32) -> Result<Box<dyn Workload>, mem
     Ok(Box::new(LackeyTrace::open(path, pid)?))
 }
 
+fn bench(args: &BenchArgs) -> Result<(), String> {
+    use memvirt::sim::bench::measure;
+    let modes = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
+    let config = SimConfig::default();
+    let trace = args.trace.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/true.lackey.gz"));
+    let scenario = |name: &'static str, params: Vec<(&'static str, String)>| {
+        move || {
+            let params: BTreeMap<String, String> = params.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+            scenario::build(name, &params, &ScenarioContext { seed: 1, page_size: PageSize::Size4K })
+        }
+    };
+    let mut results = Vec::new();
+    let trace_factory = || open_trace(&trace, 1);
+    results.push(measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory).map_err(|e| e.to_string())?);
+    let random = scenario("uniform-random", vec![("size", "16G".to_string()), ("accesses", args.accesses.to_string())]);
+    results.push(measure("uniform-random size=16G", &modes, &config, &random).map_err(|e| e.to_string())?);
+    let storm = scenario("fork-storm", vec![("forks", args.forks.to_string())]);
+    results.push(measure("fork-storm", &modes, &config, &storm).map_err(|e| e.to_string())?);
+    if args.json {
+        println!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    for result in &results {
+        println!("{}: floor {:.1} M accesses/s", result.workload, result.floor_per_second / 1e6);
+        for m in &result.modes {
+            println!(
+                "  {:<7} {:>9} accesses in {:>7.3} s = {:>7.2} M/s  ({:.3}x floor)",
+                m.mode.to_string(),
+                m.accesses,
+                m.seconds,
+                m.per_second / 1e6,
+                m.ratio_to_floor
+            );
+        }
+    }
+    Ok(())
+}
+
 fn workloads() {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
@@ -438,6 +497,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => run(args),
         Command::Explain(args) => explain(args),
+        Command::Bench(args) => bench(args),
         Command::Workloads => {
             workloads();
             Ok(())

@@ -1,5 +1,6 @@
 //! Wires a guest kernel, a vCPU and a virtualization mode together and runs a workload.
 
+pub mod bench;
 pub mod compare;
 pub mod explain;
 pub mod machine;

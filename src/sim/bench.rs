@@ -1,0 +1,91 @@
+//! Measuring how fast memvirt simulates: accesses per second per mode, each beside a floor
+//! loop that does only the irreducible work on the same accesses (read each access from the
+//! workload, one hash lookup of its page), measured in the same run so the ratio is
+//! meaningful on a noisy machine. Wall-clock time is used here and only here: it is what a
+//! benchmark measures, and nothing it produces feeds back into a simulation.
+
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::sim::run::{run, ModeName, SimConfig, SimError};
+use crate::sim::compare::WorkloadFactory;
+use crate::workload::Op;
+
+/// One mode's throughput on one workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeSpeed {
+    /// The mode.
+    pub mode: ModeName,
+    /// Accesses simulated.
+    pub accesses: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// Accesses per second.
+    pub per_second: f64,
+    /// Throughput relative to the floor loop.
+    pub ratio_to_floor: f64,
+}
+
+/// One workload's measurements.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadSpeed {
+    /// What was run.
+    pub workload: String,
+    /// The floor loop's accesses per second.
+    pub floor_per_second: f64,
+    /// Each mode.
+    pub modes: Vec<ModeSpeed>,
+}
+
+/// The floor: reads every operation and looks each access's page up in a hash map.
+/// Returns (accesses, seconds).
+pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
+    let mut workload = factory()?;
+    let mut pages: FxHashMap<(u32, u64), u32> = FxHashMap::default();
+    let start = Instant::now();
+    let mut accesses = 0u64;
+    while let Some(op) = workload.next_op()? {
+        if let Op::Access { pid, va, .. } = op {
+            accesses += 1;
+            *pages.entry((pid, va.vpn())).or_insert(0) += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&pages);
+    Ok((accesses, seconds))
+}
+
+/// Measures every mode of `modes` on one workload, one after another on this thread, with
+/// the floor loop measured first and again last (the better of the two is kept).
+pub fn measure(
+    name: &str,
+    modes: &[ModeName],
+    config: &SimConfig,
+    factory: &WorkloadFactory<'_>,
+) -> Result<WorkloadSpeed, SimError> {
+    let (floor_accesses, first) = floor(factory)?;
+    let mut results = Vec::new();
+    for &mode in modes {
+        let mut workload = factory()?;
+        let start = Instant::now();
+        let report = run(mode, config, workload.as_mut())?;
+        let seconds = start.elapsed().as_secs_f64();
+        let accesses = report.stats.accesses;
+        results.push((mode, accesses, seconds));
+    }
+    let (_, last) = floor(factory)?;
+    let floor_seconds = first.min(last).max(1e-9);
+    #[allow(clippy::cast_precision_loss)]
+    let floor_per_second = floor_accesses as f64 / floor_seconds;
+    let modes = results
+        .into_iter()
+        .map(|(mode, accesses, seconds)| {
+            #[allow(clippy::cast_precision_loss)]
+            let per_second = accesses as f64 / seconds.max(1e-9);
+            ModeSpeed { mode, accesses, seconds, per_second, ratio_to_floor: per_second / floor_per_second }
+        })
+        .collect();
+    Ok(WorkloadSpeed { workload: name.to_string(), floor_per_second, modes })
+}
