@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -13,8 +14,8 @@ use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::{self, ModeName, SimConfig};
 use memvirt::tlb::TlbConfig;
 use memvirt::workload::lackey::LackeyTrace;
-use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
+use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::Workload;
 
 /// The scenario used when neither --workload nor --trace is given.
@@ -195,9 +196,41 @@ struct MachineArgs {
     /// defaults.
     #[arg(long, value_name = "FILE")]
     cost: Option<PathBuf>,
+    /// The most memory the simulation may use for page tables and other stored frames, e.g.
+    /// 4G [default: half of this machine's memory].
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_host_memory: Option<u64>,
     /// Guest RAM, e.g. 64G.
     #[arg(long, default_value = "64G", value_parser = parse_bytes)]
     guest_ram: u64,
+}
+
+/// Half of the machine's memory (from /proc/meminfo), or 8 GiB where that cannot be read.
+fn default_memory_limit() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(8 << 30, |kib| kib * 1024 / 2)
+}
+
+/// A flag set by the first Ctrl-C: runs stop at their next check and report what they have.
+/// A second Ctrl-C ends the process at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&flag);
+        let _ = ctrlc::set_handler(move || {
+            if seen.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nmemvirt: interrupted; finishing with the results so far (Ctrl-C again to quit)");
+        });
+        flag
+    })
+    .clone()
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -243,6 +276,8 @@ impl MachineArgs {
         if let Some(path) = &self.cost {
             config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
         }
+        config.max_host_memory = self.max_host_memory.unwrap_or_else(default_memory_limit);
+        config.stop = Some(interrupt_flag());
         config.walk_caches = !self.no_walk_caches;
         config.warmup = workload.warmup;
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
@@ -438,7 +473,10 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
 }
 
 /// Opens a trace file as process `pid`'s accesses.
-fn open_trace(path: &std::path::Path, pid: u32) -> Result<Box<dyn Workload>, memvirt::workload::WorkloadError> {
+fn open_trace(
+    path: &std::path::Path,
+    pid: u32,
+) -> Result<Box<dyn Workload>, memvirt::workload::WorkloadError> {
     Ok(Box::new(LackeyTrace::open(path, pid)?))
 }
 
@@ -446,17 +484,27 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     use memvirt::sim::bench::measure;
     let modes = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
     let config = SimConfig::default();
-    let trace = args.trace.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/true.lackey.gz"));
+    let trace = args
+        .trace
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/true.lackey.gz"));
     let scenario = |name: &'static str, params: Vec<(&'static str, String)>| {
         move || {
-            let params: BTreeMap<String, String> = params.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+            let params: BTreeMap<String, String> =
+                params.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
             scenario::build(name, &params, &ScenarioContext { seed: 1, page_size: PageSize::Size4K })
         }
     };
     let mut results = Vec::new();
     let trace_factory = || open_trace(&trace, 1);
-    results.push(measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory).map_err(|e| e.to_string())?);
-    let random = scenario("uniform-random", vec![("size", "16G".to_string()), ("accesses", args.accesses.to_string())]);
+    results.push(
+        measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory)
+            .map_err(|e| e.to_string())?,
+    );
+    let random = scenario(
+        "uniform-random",
+        vec![("size", "16G".to_string()), ("accesses", args.accesses.to_string())],
+    );
     results.push(measure("uniform-random size=16G", &modes, &config, &random).map_err(|e| e.to_string())?);
     let storm = scenario("fork-storm", vec![("forks", args.forks.to_string())]);
     results.push(measure("fork-storm", &modes, &config, &storm).map_err(|e| e.to_string())?);
@@ -504,6 +552,8 @@ fn main() -> ExitCode {
         }
     };
     match result {
+        // Partial results were printed; say so in the status too.
+        Ok(()) if interrupt_flag().load(Ordering::Relaxed) => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("memvirt: error: {message}");

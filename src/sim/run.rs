@@ -78,6 +78,12 @@ pub struct SimConfig {
     pub ept_ad: bool,
     /// Shadow-paging options.
     pub shadow: ShadowConfig,
+    /// The most simulated memory (bytes of frames holding data) a run may use before it stops
+    /// with an error.
+    pub max_host_memory: u64,
+    /// Set from another thread (Ctrl-C) to stop the run early with the counters so far.
+    #[serde(skip)]
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Accesses left out of the counters at the start of the run.
     pub warmup: u64,
     /// Whether paging-structure caches and the nested TLB are on.
@@ -105,6 +111,8 @@ impl Default for SimConfig {
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
             warmup: 0,
+            max_host_memory: 8 << 30,
+            stop: None,
             nested_levels: PagingLevels::Four,
             host_page_size: PageSize::Size4K,
             ept_ad: true,
@@ -126,6 +134,13 @@ pub enum SimError {
     Kernel(KernelError),
     /// A defect of the simulator itself.
     Internal(String),
+    /// The run needs more memory than `--max-host-memory` allows.
+    MemoryLimit {
+        /// Bytes in use when the run stopped.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for SimError {
@@ -134,6 +149,12 @@ impl fmt::Display for SimError {
             Self::Workload(e) => e.fmt(f),
             Self::Kernel(e) => e.fmt(f),
             Self::Internal(message) => f.write_str(message),
+            Self::MemoryLimit { used, limit } => write!(
+                f,
+                "the run needs more than --max-host-memory {} MiB of simulated memory ({} MiB in use); raise the limit or shrink the workload",
+                limit >> 20,
+                used >> 20
+            ),
         }
     }
 }
@@ -143,7 +164,7 @@ impl std::error::Error for SimError {
         match self {
             Self::Workload(e) => Some(e),
             Self::Kernel(e) => Some(e),
-            Self::Internal(_) => None,
+            Self::Internal(_) | Self::MemoryLimit { .. } => None,
         }
     }
 }
@@ -259,6 +280,8 @@ fn run_with<M: Mode>(
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut first_access = None;
+    let mut total_accesses = 0u64;
+    let mut interrupted = false;
     // Accesses left before the counters start (+1: the reset happens before the next one).
     let mut warmup_left = if config.warmup > 0 { config.warmup + 1 } else { 0 };
     while let Some(op) = workload.next_op()? {
@@ -299,8 +322,17 @@ fn run_with<M: Mode>(
                 }
                 kernel.switch_to(&mut machine, pid)?;
                 machine.vcpu.stats.accesses += 1;
-                if machine.vcpu.stats.accesses % PROGRESS_EVERY == 0 {
-                    progress.store(machine.vcpu.stats.accesses, Ordering::Relaxed);
+                total_accesses += 1;
+                if total_accesses % PROGRESS_EVERY == 0 {
+                    progress.store(total_accesses, Ordering::Relaxed);
+                    let used = machine.mode.stored_bytes();
+                    if used > config.max_host_memory {
+                        return Err(SimError::MemoryLimit { used, limit: config.max_host_memory });
+                    }
+                    if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                        interrupted = true;
+                        break;
+                    }
                 }
                 let access = Access::new(kind, Privilege::User);
                 if first_access.is_none() {
@@ -327,6 +359,7 @@ fn run_with<M: Mode>(
     }
     let mut stats = machine.vcpu.stats.clone();
     stats.tlb = machine.vcpu.tlb.stats();
+    stats.interrupted = interrupted;
     let counters = kernel.counters();
     stats.context_switches = counters.context_switches;
     stats.pages_mapped = counters.pages_mapped;

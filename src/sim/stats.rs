@@ -77,6 +77,9 @@ pub struct ShadowStats {
 /// Counters of one run in one mode.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
+    /// The run was stopped early (Ctrl-C): the counters cover the accesses made until then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// Memory accesses the workload made (after warm-up).
     pub accesses: u64,
     /// Page translations those accesses needed (an access crossing a page boundary needs two).

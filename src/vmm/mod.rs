@@ -54,6 +54,10 @@ pub trait Mode {
     /// reference (for `explain`). VM exits on the way are handled as in a run.
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation;
 
+    /// Bytes of simulated host memory holding data (page-table frames, in practice): what a
+    /// run's memory grows with.
+    fn stored_bytes(&self) -> u64;
+
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {
         PageTableBytes::default()

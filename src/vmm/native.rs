@@ -63,6 +63,10 @@ impl Mode for Native {
         }
     }
 
+    fn stored_bytes(&self) -> u64 {
+        self.memory.stored_bytes()
+    }
+
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
         Some(Self::host(gpa))
     }

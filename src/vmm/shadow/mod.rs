@@ -581,6 +581,10 @@ impl Mode for Shadow {
         crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
     }
 
+    fn stored_bytes(&self) -> u64 {
+        self.host.memory.stored_bytes()
+    }
+
     fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
         self.host.backing_of(gpa).map(|(hpa, _)| hpa)
     }
