@@ -9,8 +9,8 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::sim::run::{run, ModeName, SimConfig, SimError};
 use crate::sim::compare::WorkloadFactory;
+use crate::sim::run::{run, ModeName, SimConfig, SimError};
 use crate::workload::Op;
 
 /// One mode's throughput on one workload.
