@@ -19,6 +19,7 @@
 //! shadow entry, it flushes the vCPU's TLB and paging-structure caches before the guest runs.
 
 pub mod page;
+pub mod rmap;
 
 use std::collections::VecDeque;
 
@@ -38,6 +39,7 @@ use crate::vcpu::{Cr3, Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
 pub use page::{Role, ShadowPage};
+use rmap::ReverseMap;
 
 /// Writes to a shadowed table with no use in between before the page is zapped.
 const FLOOD_WRITES: u8 = 3;
@@ -85,7 +87,7 @@ pub struct Shadow {
     /// Out-of-sync shadow pages of each guest frame the guest may write freely.
     unsync: FxHashMap<Gfn, Vec<Hpa>>,
     /// Leaf shadow entries that map each guest frame (entries may have gone stale).
-    rmap: FxHashMap<Gfn, Vec<Hpa>>,
+    rmap: ReverseMap,
     order: VecDeque<Hpa>,
     roots: VecDeque<(Gpa, u16, Hpa)>,
     active: Option<Hpa>,
@@ -104,7 +106,7 @@ impl Shadow {
             index: FxHashMap::default(),
             protected: FxHashMap::default(),
             unsync: FxHashMap::default(),
-            rmap: FxHashMap::default(),
+            rmap: ReverseMap::default(),
             order: VecDeque::new(),
             roots: VecDeque::new(),
             active: None,
@@ -176,18 +178,23 @@ impl Shadow {
 
     /// Removes write access from every shadow entry that maps `gfn`.
     fn write_protect(&mut self, gfn: Gfn) {
-        let Some(sptes) = self.rmap.get_mut(&gfn) else { return };
+        let sptes = self.rmap.take(gfn);
+        if sptes.is_empty() {
+            return;
+        }
         let Some((backing, _)) = self.host.backing_of(gfn.start()) else { return };
         let page = backing.as_u64() & Pte::ADDRESS_MASK;
-        sptes.retain(|&spte| {
+        for spte in sptes {
             let value = self.host.memory.read_u64(spte);
-            let maps_it = value & Pte::PRESENT != 0 && value & Pte::ADDRESS_MASK == page;
-            if maps_it && value & Pte::WRITABLE != 0 {
+            if value & Pte::PRESENT == 0 || value & Pte::ADDRESS_MASK != page {
+                continue;
+            }
+            if value & Pte::WRITABLE != 0 {
                 self.host.memory.write_u64(spte, value & !(Pte::WRITABLE | Pte::DIRTY));
                 self.pending_flush = true;
             }
-            maps_it
-        });
+            self.rmap.add(gfn, spte);
+        }
     }
 
     /// Zaps the oldest shadow pages while the budget is exhausted (never the active root).
@@ -476,10 +483,7 @@ impl Shadow {
         }
         let spte = entry_address(table, va.as_u64(), Level::Pt);
         self.host.memory.write_u64(spte, value);
-        let sptes = self.rmap.entry(gfn).or_default();
-        if !sptes.contains(&spte) {
-            sptes.push(spte);
-        }
+        self.rmap.add(gfn, spte);
         FaultFix::Fixed
     }
 }
