@@ -49,7 +49,14 @@ pub struct Host {
     page_size: PageSize,
     host_table_frames: u64,
     slots: MemorySlots,
+    /// A direct-mapped cache of recent GPA -> HPA backings (4 KiB granularity), like a VMM's
+    /// gfn-to-pfn cache. Backings never change once made (the host does not reclaim guest
+    /// memory), so entries never go stale.
+    recent: Vec<(u64, u64, PageSize)>,
 }
+
+/// Entries in the backing cache.
+const RECENT: usize = 4096;
 
 impl Host {
     /// A host whose VMM backs `guest_ram` bytes of guest RAM (GPA 0 up) with pages of
@@ -74,6 +81,7 @@ impl Host {
             page_size,
             host_table_frames: 1,
             slots,
+            recent: vec![(u64::MAX, 0, PageSize::Size4K); RECENT],
         })
     }
 
@@ -114,15 +122,39 @@ impl Host {
 
     /// The host-physical address backing `gpa` if it has been backed, without backing it.
     pub fn backing_of(&mut self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
+        if let Some(found) = self.recent_backing(gpa) {
+            return Some(found);
+        }
         let hva = self.slots.hva_of(gpa)?;
-        self.hpa_of_hva(hva)
+        let found = self.hpa_of_hva(hva)?;
+        self.remember(gpa, found);
+        Some(found)
+    }
+
+    #[inline]
+    fn recent_slot(gpa: Gpa) -> usize {
+        usize::try_from(gpa.frame().number() % RECENT as u64).unwrap_or(0)
+    }
+
+    #[inline]
+    fn recent_backing(&self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
+        let (gfn, page, size) = self.recent[Self::recent_slot(gpa)];
+        (gfn == gpa.frame().number()).then(|| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), size))
+    }
+
+    fn remember(&mut self, gpa: Gpa, (hpa, size): (Hpa, PageSize)) {
+        self.recent[Self::recent_slot(gpa)] = (gpa.frame().number(), hpa.as_u64() & !0xfff, size);
     }
 
     /// The host-physical address backing `gpa`, backing its page first if the VMM has not
     /// touched it yet (the host kernel's demand paging of the VMM's memory).
     pub fn back(&mut self, gpa: Gpa) -> Result<(Hpa, PageSize), BackingError> {
+        if let Some(found) = self.recent_backing(gpa) {
+            return Ok(found);
+        }
         let hva = self.slots.hva_of(gpa).ok_or(BackingError::Unbacked(gpa))?;
         if let Some(found) = self.hpa_of_hva(hva) {
+            self.remember(gpa, found);
             return Ok(found);
         }
         // Fall back to smaller host pages where the slot does not cover a whole large page.
