@@ -118,7 +118,9 @@ impl Verifier {
             SeenRaw::GeneralProtection => (Seen::GeneralProtection, None, None),
             // The VMM completed the access (MMIO): what the guest saw is still the GPA its
             // tables gave.
-            SeenRaw::Emulated => (mode.reference_gpa(va, access, vcpu).map_or(Seen::Emulated, Seen::Gpa), None, None),
+            SeenRaw::Emulated => {
+                (mode.reference_gpa(va, access, vcpu).map_or(Seen::Emulated, Seen::Gpa), None, None)
+            }
         };
         let observed =
             Observed { translation: self.translations, pid, gva: va, access, seen, hpa, expected_hpa };
