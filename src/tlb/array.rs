@@ -77,9 +77,11 @@ impl TlbArray {
 
     #[inline]
     fn set_of(&self, vpn: u64) -> usize {
-        // Modulo by the set count, which fits in usize.
+        // vpn mod sets; a mask when the set count is a power of two (the usual case), since a
+        // division on every lookup is measurable.
         let sets = self.sets as u64;
-        usize::try_from(vpn % sets).unwrap_or(0) * self.ways
+        let set = if sets.is_power_of_two() { vpn & (sets - 1) } else { vpn % sets };
+        usize::try_from(set).unwrap_or(0) * self.ways
     }
 
     /// Looks `va` up as a page of `size`; on a hit the entry becomes most recently used.

@@ -18,7 +18,9 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
     }
 
     fn set(&mut self, hint: u64) -> &mut [Option<(K, V)>] {
-        let index = usize::try_from(hint % self.sets as u64).unwrap_or(0) * self.ways;
+        let sets = self.sets as u64;
+        let set = if sets.is_power_of_two() { hint & (sets - 1) } else { hint % sets };
+        let index = usize::try_from(set).unwrap_or(0) * self.ways;
         &mut self.slots[index..index + self.ways]
     }
 
