@@ -60,7 +60,7 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
         let Ok(raw) = mem.read_entry(Hpa::new(entry_addr), level);
         let entry = EptEntry(raw);
         if !entry.is_present() {
-            return EptOutcome::Violation(qualification(access, 0));
+            return EptOutcome::Violation(qualification(access, 0, eptp));
         }
         if entry.is_misconfigured(level, phys_bits) {
             return EptOutcome::Misconfig(level);
@@ -70,7 +70,7 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
         used_len += 1;
         if entry.is_leaf(level) {
             if allowed & needed == 0 {
-                return EptOutcome::Violation(qualification(access, allowed));
+                return EptOutcome::Violation(qualification(access, allowed, eptp));
             }
             if eptp.ad_enabled() {
                 for (i, &(addr, value, at)) in used[..used_len].iter().enumerate() {
@@ -97,9 +97,14 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
 
 /// The exit qualification of a violation by `access` where the entries walked allowed
 /// `allowed` (R/W/X in bits 2:0; 0 when the walk met a non-present entry).
-fn qualification(access: NestedAccess, allowed: u64) -> ExitQualification {
+fn qualification(access: NestedAccess, allowed: u64, eptp: Eptp) -> ExitQualification {
     let mut bits = match access.kind {
         AccessKind::Read => ExitQualification::READ,
+        // With EPT A/D on, a guest paging-structure access counts as a write, and a violation
+        // it causes reports both read and write (SDM Vol. 3C §28.2.1, note to bits 0-1).
+        AccessKind::Write if eptp.ad_enabled() && !access.final_translation => {
+            ExitQualification::READ | ExitQualification::WRITE
+        }
         AccessKind::Write => ExitQualification::WRITE,
         AccessKind::Fetch => ExitQualification::FETCH,
     };

@@ -172,17 +172,27 @@ impl NestedFormat for Npt {
         access: NestedAccess,
     ) -> NestedOutcome {
         let place = if access.final_translation { NPF_FINAL_ADDRESS } else { NPF_GUEST_TABLE };
-        // The nested table's input is the guest-physical address, walked like a linear one.
-        let input = Gva::new_truncate(gpa.as_u64());
+        // The nested table's input is the guest-physical address, walked like a linear one. A
+        // physical address has no canonical form: its top index bit is copied upwards only so
+        // the walker's linear-address check passes; the indices do not change.
+        let bits = self.levels.linear_bits();
+        let raw = gpa.as_u64();
+        let write = if access.kind == AccessKind::Write { 2 } else { 0 };
+        if raw >> bits != 0 {
+            // Beyond what the nested tables can map: reported as not present.
+            return NestedOutcome::Fault(NestedFault::NestedPageFault(4 | write | place));
+        }
+        let shift = 64 - bits;
+        #[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)]
+        let input = Gva::new_truncate((((raw << shift) as i64) >> shift) as u64);
         let nested_access = Access::new(access.kind, Privilege::User);
         match walk(mem, root, input, nested_access, &self.host_cpu(), AdPolicy::Update) {
             WalkOutcome::Mapped(t) => NestedOutcome::Mapped { page: t.page, size: t.size },
             WalkOutcome::PageFault(fault) => {
                 NestedOutcome::Fault(NestedFault::NestedPageFault(u64::from(fault.code.bits()) | place))
             }
-            // A GPA beyond what the nested tables can map: reported as not present.
+            // Unreachable: the input was made canonical above.
             WalkOutcome::NonCanonical => {
-                let write = if access.kind == AccessKind::Write { 2 } else { 0 };
                 NestedOutcome::Fault(NestedFault::NestedPageFault(4 | write | place))
             }
             WalkOutcome::Memory(never) => match never {},
