@@ -69,6 +69,10 @@ struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Check every access against the reference composition GVA -> GPA -> HVA -> HPA: a guest
+    /// must never reach a host frame outside its memory slots (exit status 3 if it does).
+    #[arg(long)]
+    check_isolation: bool,
 }
 
 #[derive(Args)]
@@ -324,7 +328,8 @@ impl WorkloadArgs {
 }
 
 fn run(args: &RunArgs) -> Result<(), String> {
-    let config = args.machine.config(&args.workload)?;
+    let mut config = args.machine.config(&args.workload)?;
+    config.verify = args.check_isolation;
     let (mut workload, description) = args.workload.open(&config)?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     if args.json {
@@ -336,6 +341,10 @@ fn run(args: &RunArgs) -> Result<(), String> {
         println!("{object}");
     } else {
         print!("{}", memvirt::report::run_table(&report));
+    }
+    if let Some(first) = &report.verification.first_mismatch {
+        eprintln!("memvirt: isolation check failed: {}", describe(Some(first)));
+        std::process::exit(3);
     }
     Ok(())
 }

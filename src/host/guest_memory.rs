@@ -30,11 +30,18 @@ impl<'a> GuestMemory<'a> {
         Self { host, populate: false, reads: 0, writes: 0 }
     }
 
-    fn locate(&mut self, addr: Gpa) -> Result<crate::addr::Hpa, BackingError> {
+    /// Where `addr` lives, or `None` where guest memory reads as zeros: outside every memory
+    /// slot (no device answers a page walk, on bare metal as in a VM), or, for an observer, a
+    /// guest page never touched (it would be zero-filled).
+    fn locate(&mut self, addr: Gpa) -> Result<Option<crate::addr::Hpa>, BackingError> {
         if self.populate {
-            self.host.back(addr).map(|(hpa, _)| hpa)
+            match self.host.back(addr) {
+                Ok((hpa, _)) => Ok(Some(hpa)),
+                Err(BackingError::Unbacked(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
         } else {
-            self.host.backing_of(addr).map(|(hpa, _)| hpa).ok_or(BackingError::Unbacked(addr))
+            Ok(self.host.backing_of(addr).map(|(hpa, _)| hpa))
         }
     }
 }
@@ -44,14 +51,14 @@ impl TableMemory<Gpa> for GuestMemory<'_> {
 
     fn read_entry(&mut self, addr: Gpa, _level: Level) -> Result<u64, BackingError> {
         self.reads += 1;
-        let hpa = self.locate(addr)?;
-        Ok(self.host.memory.read_u64(hpa))
+        Ok(self.locate(addr)?.map_or(0, |hpa| self.host.memory.read_u64(hpa)))
     }
 
     fn write_entry(&mut self, addr: Gpa, _level: Level, value: u64) -> Result<(), BackingError> {
         self.writes += 1;
-        let hpa = self.locate(addr)?;
-        self.host.memory.write_u64(hpa, value);
+        if let Some(hpa) = self.locate(addr)? {
+            self.host.memory.write_u64(hpa, value);
+        }
         Ok(())
     }
 }

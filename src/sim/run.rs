@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::addr::{Gva, PageSize, PagingLevels, PAGE_BYTES};
+use crate::addr::{Gpa, Gva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::cost::CostModel;
 use crate::guest::{FaultResolution, Kernel, KernelConfig, KernelError, Pid};
 use crate::host::Host;
@@ -307,6 +307,13 @@ fn run_with<M: Mode>(
             Op::Exit { pid } => {
                 kernel.switch_to(&mut machine, pid)?;
                 kernel.exit(&mut machine, pid)?;
+            }
+            Op::Poke { pid, va, level, value } => {
+                kernel.switch_to(&mut machine, pid)?;
+                kernel.poke(&mut machine, pid, va, level, value)?;
+            }
+            Op::SetRoot { pid, root } => {
+                kernel.set_root(&mut machine, pid, Gpa::new(root))?;
             }
             Op::StartMeasuring => {
                 machine.vcpu.reset_counters();

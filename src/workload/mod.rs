@@ -70,6 +70,25 @@ pub enum Op {
     },
     /// Everything before this point is set-up: the counters start from zero here.
     StartMeasuring,
+    /// A hostile guest kernel writes `value` into `pid`'s paging-structure entry for `va` at
+    /// `level` (5 = PML5 .. 1 = PT), creating missing upper tables, then executes INVLPG.
+    Poke {
+        /// The process whose tables are written.
+        pid: Pid,
+        /// The address whose entry is written.
+        va: Gva,
+        /// The level of the entry.
+        level: u8,
+        /// The raw entry.
+        value: u64,
+    },
+    /// A hostile guest kernel points `pid`'s CR3 at an arbitrary guest-physical address.
+    SetRoot {
+        /// The process.
+        pid: Pid,
+        /// The new root (its low 12 bits are ignored).
+        root: u64,
+    },
     /// A user-mode memory access of `size` bytes at `va` by `pid`.
     Access {
         /// The process.

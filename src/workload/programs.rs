@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use crate::addr::{Gva, PageSize, PAGE_BYTES};
 use crate::guest::{Pid, Prot, Region};
-use crate::paging::AccessKind;
+use crate::paging::{AccessKind, Pte};
 use crate::workload::rng::Rng;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -335,4 +335,107 @@ pub mod steps {
     pub fn mmap_churn(s: &mut MmapChurn, q: &mut VecDeque<Op>) -> bool {
         s.step(q)
     }
+}
+
+// ---- hostile ------------------------------------------------------------------------------
+
+/// Guest-physical frames the hostile cases point entries at: inside guest RAM but never handed
+/// out by the kernel in a small run, and far outside every memory slot.
+const HOSTILE_FRAME: u64 = 0x7000_0000;
+const UNBACKED: u64 = 1 << 44;
+
+/// A guest kernel that writes its page tables arbitrarily: one process per case, each case a
+/// few raw entry writes followed by a read, a write and a fetch of the address they affect.
+pub struct Hostile {
+    cases: VecDeque<Vec<Op>>,
+}
+
+impl Hostile {
+    /// The builtin cases.
+    pub fn new() -> Self {
+        let p = Pte::PRESENT | Pte::WRITABLE | Pte::USER;
+        let mut cases = VecDeque::new();
+        let mut pid: Pid = 0;
+        let mut case = |pokes: &dyn Fn(Pid, u64) -> Vec<Op>, offset: u64| {
+            pid += 1;
+            let va = 0x10_0000_0000 + u64::from(pid) * (1 << 30) + offset;
+            let mut ops = vec![Op::Spawn { pid, anywhere: false }];
+            ops.extend(pokes(pid, va));
+            for kind in [AccessKind::Read, AccessKind::Write, AccessKind::Fetch] {
+                ops.push(access(pid, va, kind));
+            }
+            cases.push_back(ops);
+        };
+        let poke = |pid: Pid, va: u64, level: u8, value: u64| Op::Poke {
+            pid,
+            va: Gva::new_truncate(va),
+            level,
+            value,
+        };
+        // A reserved bit (51) in a PTE; then every reserved bit above MAXPHYADDR.
+        case(&|pid, va| vec![poke(pid, va, 1, HOSTILE_FRAME | p | (1 << 51))], 0);
+        case(&|pid, va| vec![poke(pid, va, 1, 0x000f_c000_0000_0000 | HOSTILE_FRAME | p)], 0);
+        // Every reserved bit set but P clear: not present wins.
+        case(&|pid, va| vec![poke(pid, va, 1, 0x000f_c000_0000_0000 | HOSTILE_FRAME | Pte::WRITABLE)], 0);
+        // A 2 MiB leaf with reserved bits 20:13; PS in a PML4 entry.
+        case(&|pid, va| vec![poke(pid, va, 2, HOSTILE_FRAME | p | Pte::PAGE_SIZE | (1 << 13))], 0);
+        case(&|pid, va| vec![poke(pid, va, 4, HOSTILE_FRAME | p | Pte::PAGE_SIZE)], 0);
+        // A page outside every memory slot (MMIO); a page table outside every slot.
+        case(&|pid, va| vec![poke(pid, va, 1, UNBACKED | p)], 0);
+        case(&|pid, va| vec![poke(pid, va, 2, UNBACKED | p)], 0);
+        // A PD entry pointing at its own PD: with equal PD and PT indices the walk ends on the
+        // same entry, mapping the table itself as a writable page.
+        case(
+            &|pid, va| vec![poke(pid, va, 1, HOSTILE_FRAME | p), poke(pid, va, 2, 0)],
+            (5 << 21) | (5 << 12),
+        );
+        // One table aliased at two levels: the PD entry points at the PD itself as its PT.
+        case(
+            &|pid, va| {
+                vec![
+                    poke(pid, va, 1, HOSTILE_FRAME | p),
+                    Op::Poke { pid, va: Gva::new_truncate(va), level: 2, value: HOSTILE_FRAME | p },
+                ]
+            },
+            (7 << 21) | (3 << 12),
+        );
+        // A frame mapped writable that is also a page table (its own PT), then rewritten
+        // repeatedly while in use (a write flood), each time with INVLPG.
+        case(
+            &|pid, va| {
+                let mut ops = vec![poke(pid, va, 1, HOSTILE_FRAME | p)];
+                for i in 0..6 {
+                    ops.push(poke(pid, va, 1, (HOSTILE_FRAME + (i % 2) * 0x1000) | p));
+                    ops.push(access(pid, va, AccessKind::Read));
+                }
+                ops
+            },
+            0,
+        );
+        // CR3 switched to garbage: outside every slot, then a data frame of zeros.
+        case(&|pid, _| vec![Op::SetRoot { pid, root: UNBACKED }], 0);
+        case(&|pid, _| vec![Op::SetRoot { pid, root: HOSTILE_FRAME + 0x5000 }], 0);
+        Self { cases }
+    }
+
+    fn step(&mut self, queue: &mut VecDeque<Op>) -> bool {
+        match self.cases.pop_front() {
+            Some(ops) => {
+                queue.extend(ops);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Default for Hostile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The hostile guest's step.
+pub fn hostile_step(s: &mut Hostile, q: &mut VecDeque<Op>) -> bool {
+    s.step(q)
 }

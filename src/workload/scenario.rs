@@ -80,6 +80,12 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
         build: build_mixed,
     },
     ScenarioSpec {
+        name: "hostile",
+        description: "a guest writing its tables arbitrarily: reserved bits, loops, aliases, MMIO tables, garbage CR3",
+        params: &[],
+        build: build_hostile,
+    },
+    ScenarioSpec {
         name: "uniform-random",
         description: "uniformly random 8-byte reads and writes over a large buffer: TLB-miss heavy",
         params: &[("size", "1G"), ("accesses", "1000000"), ("write-percent", "50")],
@@ -309,6 +315,10 @@ fn build_mixed(
         ],
         5000,
     )))
+}
+
+fn build_hostile(_: &mut ParamReader, _: &ScenarioContext) -> Result<Box<dyn Workload>, WorkloadError> {
+    Ok(Box::new(programs::Program::new(programs::Hostile::new(), programs::hostile_step)))
 }
 
 fn build_seq_scan(

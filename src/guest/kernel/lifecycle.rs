@@ -15,6 +15,12 @@ impl Kernel {
     pub fn fork(&mut self, p: &mut impl Platform, parent: Pid, child: Pid) -> Result<(), KernelError> {
         let source = self.processes.get(&parent).ok_or(KernelError::NoSuchProcess(parent))?;
         let (regions, anywhere, parent_root) = (source.regions.clone(), source.anywhere, source.root.start());
+        if source.hostile {
+            // Its tables cannot be trusted to describe memory it owns: the child starts empty.
+            self.spawn(p, child, anywhere)?;
+            self.counters.forks += 1;
+            return Ok(());
+        }
         self.spawn(p, child, anywhere)?;
         if let Some(process) = self.processes.get_mut(&child) {
             process.regions = regions;
@@ -107,7 +113,9 @@ impl Kernel {
     /// process keeps its identity. Its PCID's translations are stale, so it is flushed.
     pub fn exec(&mut self, p: &mut impl Platform, pid: Pid) -> Result<(), KernelError> {
         let root = self.root_of(pid).ok_or(KernelError::NoSuchProcess(pid))?;
-        self.tear_down(p, root, self.levels.root());
+        if !self.is_hostile(pid) {
+            self.tear_down(p, root, self.levels.root());
+        }
         if let Some(process) = self.processes.get_mut(&pid) {
             process.regions.clear();
         }
@@ -122,11 +130,17 @@ impl Kernel {
     /// Ends `pid`: its user half, its tables and its root are freed.
     pub fn exit(&mut self, p: &mut impl Platform, pid: Pid) -> Result<(), KernelError> {
         let root = self.root_of(pid).ok_or(KernelError::NoSuchProcess(pid))?;
-        self.tear_down(p, root, self.levels.root());
+        let hostile = self.is_hostile(pid);
+        if !hostile {
+            self.tear_down(p, root, self.levels.root());
+        }
         self.forget_pcid(pid);
         if let Some(Process { root, .. }) = self.processes.remove(&pid) {
-            self.small.free(root);
-            self.table_frames -= 1;
+            // A hostile process's tables (and whatever its CR3 points at) are left alone.
+            if !hostile {
+                self.small.free(root);
+                self.table_frames -= 1;
+            }
         }
         if self.current == Some(pid) {
             self.current = None;

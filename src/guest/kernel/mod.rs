@@ -2,6 +2,7 @@
 //! pages their memory in on demand.
 
 mod address_space;
+mod hostile;
 mod lifecycle;
 
 use std::collections::BTreeMap;
@@ -107,6 +108,9 @@ struct Process {
     regions: Vec<Region>,
     /// Every user-half address is an anonymous read-write-execute mapping (trace mode).
     anywhere: bool,
+    /// The process's tables were written arbitrarily (a hostile guest): they are never
+    /// followed to free frames, which they need not own.
+    hostile: bool,
 }
 
 /// The guest kernel.
@@ -248,7 +252,13 @@ impl Kernel {
         self.next_pcid = if self.next_pcid + 1 >= PCID_COUNT { 1 } else { self.next_pcid + 1 };
         self.processes.insert(
             pid,
-            Process { root, pcid: u16::try_from(pcid).unwrap_or(1), regions: Vec::new(), anywhere },
+            Process {
+                root,
+                pcid: u16::try_from(pcid).unwrap_or(1),
+                regions: Vec::new(),
+                anywhere,
+                hostile: false,
+            },
         );
         Ok(())
     }
@@ -279,6 +289,11 @@ impl Kernel {
             PagingLevels::Four => USER_HALF_END_4,
             PagingLevels::Five => USER_HALF_END_5,
         }
+    }
+
+    /// Whether `pid`'s tables were written by a hostile guest.
+    fn is_hostile(&self, pid: Pid) -> bool {
+        self.processes.get(&pid).is_some_and(|process| process.hostile)
     }
 
     /// Whether `pid` exists.

@@ -11,7 +11,7 @@ pub mod guest_view;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
 use crate::ept::NestedAccess;
-use crate::host::{BackingError, Host, VmmTables};
+use crate::host::{BackingError, GuestMemory, Host, VmmTables};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, InstallError};
 use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
@@ -74,6 +74,19 @@ impl<F: NestedFormat> Nested<F> {
                 stats.vm_exits.ept_violation += 1;
                 self.map(exit.gpa).map(|_| ())
             }
+        }
+    }
+
+    /// The VMM's answer to a nested fault it cannot map (a guest table or page outside every
+    /// memory slot): it walks the guest tables in software, as KVM's emulator does, reading
+    /// unbacked guest memory as zeros. A fault the walk meets is injected; otherwise the access
+    /// is completed by emulation (MMIO).
+    fn emulate_walk(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
+        let mut memory = GuestMemory::new(&mut self.host);
+        match walk(&mut memory, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Update) {
+            WalkOutcome::PageFault(fault) => Resolved::Fault(fault),
+            WalkOutcome::NonCanonical => Resolved::NonCanonical,
+            WalkOutcome::Mapped(_) | WalkOutcome::Memory(_) => Resolved::Emulated,
         }
     }
 
@@ -266,7 +279,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
                 None => break,
                 Some(exit) => {
                     if self.handle_exit(exit, stats).is_err() {
-                        result = Resolved::Emulated;
+                        result = self.emulate_walk(va, access, vcpu);
                         break;
                     }
                 }
