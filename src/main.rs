@@ -93,6 +93,10 @@ struct ExplainArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also draw the walk as an SVG picture to FILE (1D for native and shadow, the 2D grid for
+    /// ept and npt).
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 /// A user-mode access kind.
@@ -135,6 +139,10 @@ struct CompareArgs {
     /// Also write one CSV row per mode to FILE.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Also write a self-contained HTML report to FILE: the table, charts of cycles and exits,
+    /// and pictures of the run's first translation in each design.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Skip checking every access against the reference composition (faster).
     #[arg(long)]
     no_verify: bool,
@@ -352,6 +360,9 @@ fn run(args: &RunArgs) -> Result<(), String> {
 fn compare(args: &CompareArgs) -> Result<bool, String> {
     let mut config = args.machine.config(&args.workload)?;
     config.verify = !args.no_verify;
+    if args.html.is_some() {
+        config.explain = Some(memvirt::sim::ExplainTarget::FirstAccess);
+    }
     // Open once up front so a bad trace or parameter fails before any thread starts.
     let (_, description) = args.workload.open(&config)?;
     let factory =
@@ -383,6 +394,10 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     }
     if let Some(path) = &args.csv {
         write_atomically(path, memvirt::report::comparison_csv(&comparison).as_bytes())?;
+    }
+    if let Some(path) = &args.html {
+        let html = memvirt::report::comparison_html(&comparison, &description, &config);
+        write_atomically(path, html.as_bytes())?;
     }
     if let Some(mismatch) = &comparison.mismatch {
         eprintln!(
@@ -477,6 +492,9 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
         println!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?);
     } else {
         print!("{}", memvirt::report::explanation_table(&explanation));
+    }
+    if let Some(path) = &args.svg {
+        write_atomically(path, memvirt::report::explanation_svg(&explanation).as_bytes())?;
     }
     Ok(())
 }

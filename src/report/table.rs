@@ -94,19 +94,26 @@ fn native_cycles(comparison: &Comparison) -> Option<u64> {
     comparison.reports.iter().find(|r| r.mode == crate::sim::ModeName::Native).map(|r| r.cycles)
 }
 
-/// The comparison as an aligned text table, one column per mode.
-pub fn comparison_table(comparison: &Comparison) -> String {
+/// The cells of the side-by-side table: first a header line (an empty corner, then each
+/// mode's name), then one line per row (its label, indented by two spaces for the parts of a
+/// total, then each mode's value). The text table and the HTML report both show these.
+pub fn comparison_cells(comparison: &Comparison) -> Vec<Vec<String>> {
     let native = native_cycles(comparison);
-    let rows = rows();
     let mut cells: Vec<Vec<String>> = Vec::new();
     let mut header = vec![String::new()];
     header.extend(comparison.reports.iter().map(|r| r.mode.to_string()));
     cells.push(header);
-    for row in &rows {
+    for row in &rows() {
         let mut line = vec![row.label.to_string()];
         line.extend(comparison.reports.iter().map(|r| (row.value)(r, native)));
         cells.push(line);
     }
+    cells
+}
+
+/// The comparison as an aligned text table, one column per mode.
+pub fn comparison_table(comparison: &Comparison) -> String {
+    let cells = comparison_cells(comparison);
     let columns = cells[0].len();
     let widths: Vec<usize> =
         (0..columns).map(|c| cells.iter().map(|line| line[c].len()).max().unwrap_or(0)).collect();
