@@ -55,6 +55,9 @@ fn every_scenario_is_correct_in_every_mode() {
                 ..SimConfig::default()
             };
             verified(name, params, &unsync, page_size);
+            // Host pages as large as the guest's: shadow paging may use large shadow entries.
+            let large_host = SimConfig { host_page_size: PageSize::Size2M, ..SimConfig::default() };
+            verified(name, params, &large_host, page_size);
         }
     }
 }

@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PagingLevels, PAGE_BYTES};
+use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PageSize, PagingLevels, PAGE_BYTES};
 use crate::host::{GuestMemory, Host};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, entry_address, EntryFormat};
@@ -176,8 +176,21 @@ impl Shadow {
         Ok(table)
     }
 
-    /// Removes write access from every shadow entry that maps `gfn`.
+    /// Removes write access from every shadow entry that maps `gfn`: 4 KiB entries lose W,
+    /// large entries covering it are dropped (the next fault splits the large page).
     fn write_protect(&mut self, gfn: Gfn) {
+        for size in [PageSize::Size2M, PageSize::Size1G] {
+            let base = Gfn::new(gfn.number() & !(size.bytes() / PAGE_BYTES - 1));
+            for spte in self.rmap.take(base) {
+                let value = self.host.memory.read_u64(spte);
+                if value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0 {
+                    self.host.memory.write_u64(spte, 0);
+                    self.pending_flush = true;
+                } else {
+                    self.rmap.add(base, spte);
+                }
+            }
+        }
         let sptes = self.rmap.take(gfn);
         if sptes.is_empty() {
             return;
@@ -282,6 +295,54 @@ impl Shadow {
             && (!spte.has(Pte::WRITABLE) || (guest.has(Pte::WRITABLE) && guest.has(Pte::DIRTY)))
             && (!spte.has(Pte::USER) || guest.has(Pte::USER))
             && (spte.has(Pte::NO_EXECUTE) || !(nxe && guest.has(Pte::NO_EXECUTE)))
+    }
+
+    /// Maps a guest large page with one shadow entry at `level` when the host backs it with a
+    /// page at least as large and no guest frame inside it is write-protected.
+    fn large_spte(
+        &mut self,
+        table: Hpa,
+        level: Level,
+        va: Gva,
+        translation: &crate::paging::Translation<Gpa>,
+    ) -> Option<FaultFix> {
+        let size = translation.size;
+        let first = translation.page.frame().number();
+        let frames = size.bytes() / PAGE_BYTES;
+        if self
+            .protected
+            .keys()
+            .chain(self.unsync.keys())
+            .any(|g| (first..first + frames).contains(&g.number()))
+        {
+            return None;
+        }
+        let (backing, host_size) = self.host.back(translation.page).ok()?;
+        if host_size < size {
+            return None;
+        }
+        let rights = translation.rights;
+        let mut value = (backing.as_u64() & Pte::ADDRESS_MASK & !(size.bytes() - 1))
+            | Pte::PRESENT
+            | Pte::ACCESSED
+            | Pte::PAGE_SIZE;
+        if rights.writable && translation.dirty {
+            value |= Pte::WRITABLE | Pte::DIRTY;
+        }
+        if rights.user {
+            value |= Pte::USER;
+        }
+        if rights.no_execute {
+            value |= Pte::NO_EXECUTE;
+        }
+        if translation.global {
+            value |= Pte::GLOBAL;
+        }
+        let spte = entry_address(table, va.as_u64(), level);
+        self.host.memory.write_u64(spte, value);
+        // Filed under the large page's first frame; write-protection looks there too.
+        self.rmap.add(translation.page.frame(), spte);
+        Some(FaultFix::Fixed)
     }
 
     /// Brings one entry of an out-of-sync page up to date: drops it if the guest changed it.
@@ -440,7 +501,14 @@ impl Shadow {
             }
             level = lower;
         }
-        // A guest large page is shadowed by direct pages of 4 KiB entries.
+        // A guest large page backed by a host page at least as large, with no shadowed guest
+        // table inside it, gets a large shadow entry; otherwise it is split into direct pages
+        // of 4 KiB entries.
+        if level > Level::Pt {
+            if let Some(fixed) = self.large_spte(table, level, va, &translation) {
+                return fixed;
+            }
+        }
         while level > Level::Pt {
             let Some(lower) = level.next_lower() else { break };
             let part = translation.page.as_u64()
