@@ -13,7 +13,7 @@ use memvirt::addr::{Gva, PageSize, PagingLevels};
 use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::{self, ModeName, SimConfig};
 use memvirt::tlb::TlbConfig;
-use memvirt::workload::lackey::LackeyTrace;
+use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::Workload;
@@ -51,6 +51,11 @@ enum Command {
     Explain(ExplainArgs),
     /// List the builtin workloads: name, then what it does and its parameters.
     Workloads,
+    /// Run a program under valgrind's lackey tool and write its memory accesses in memvirt's
+    /// compact trace format: `memvirt record -o ls.mvt -- ls /usr/bin`.
+    Record(RecordArgs),
+    /// Turn a lackey text trace (plain, gzip or zstd) into the compact trace format.
+    Convert(ConvertArgs),
     /// Measure simulation speed: accesses per second per mode on a real trace (TLB-friendly),
     /// uniform-random over a 16 GiB buffer (miss-heavy) and the fork storm (table-update
     /// heavy), each against a floor loop measured in the same run.
@@ -105,6 +110,29 @@ enum AccessArg {
     Read,
     Write,
     Fetch,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Where to write the trace.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// The valgrind program to use.
+    #[arg(long, value_name = "PATH", default_value = "valgrind")]
+    valgrind: PathBuf,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The lackey trace to read.
+    #[arg(value_name = "INPUT")]
+    input: PathBuf,
+    /// Where to write the compact trace.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -499,14 +527,6 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens a trace file as process `pid`'s accesses.
-fn open_trace(
-    path: &std::path::Path,
-    pid: u32,
-) -> Result<Box<dyn Workload>, memvirt::workload::WorkloadError> {
-    Ok(Box::new(LackeyTrace::open(path, pid)?))
-}
-
 fn bench(args: &BenchArgs) -> Result<(), String> {
     use memvirt::sim::bench::measure;
     let modes = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
@@ -555,6 +575,33 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Prints a progress line on a terminal.
+fn record_progress(verb: &'static str) -> impl FnMut(u64) {
+    let terminal = std::io::stderr().is_terminal();
+    move |count| {
+        if terminal {
+            eprint!("\r{verb} {:.1} M accesses", count as f64 / 1e6);
+        }
+    }
+}
+
+fn record(args: &RecordArgs) -> Result<(), String> {
+    let mut progress = record_progress("recorded");
+    let count =
+        memvirt::workload::recorder::record(&args.valgrind, &args.command, &args.output, &mut progress)
+            .map_err(|e| e.to_string())?;
+    eprintln!("\rrecorded {count} accesses to {}", args.output.display());
+    Ok(())
+}
+
+fn convert(args: &ConvertArgs) -> Result<(), String> {
+    let mut progress = record_progress("converted");
+    let count = memvirt::workload::open::convert(&args.input, &args.output, &mut progress)
+        .map_err(|e| e.to_string())?;
+    eprintln!("\rconverted {count} accesses to {}", args.output.display());
+    Ok(())
+}
+
 fn workloads() {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
@@ -573,6 +620,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Explain(args) => explain(args),
         Command::Bench(args) => bench(args),
+        Command::Record(args) => record(args),
+        Command::Convert(args) => convert(args),
         Command::Workloads => {
             workloads();
             Ok(())

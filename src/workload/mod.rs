@@ -1,8 +1,11 @@
 //! What drives the guest: builtin scenarios and real programs' memory traces, both as a stream
 //! of [`Op`]s.
 
+pub mod compact;
 pub mod lackey;
+pub mod open;
 pub mod programs;
+pub mod recorder;
 pub mod rng;
 pub mod scenario;
 pub mod scheduler;
@@ -127,6 +130,15 @@ pub enum WorkloadError {
         /// What was expected.
         message: String,
     },
+    /// A record of a compact binary trace is malformed (record 0 is the header).
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// 1-based record number; 0 for the header.
+        record: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// The trace holds no memory accesses.
     Empty {
         /// The file.
@@ -150,6 +162,10 @@ impl fmt::Display for WorkloadError {
         match self {
             Self::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Parse { path, line, message } => write!(f, "{}:{line}: {message}", path.display()),
+            Self::Record { path, record: 0, message } => write!(f, "{}: header: {message}", path.display()),
+            Self::Record { path, record, message } => {
+                write!(f, "{}: record {record}: {message}", path.display())
+            }
             Self::Empty { path } => write!(f, "{}: the trace holds no memory accesses", path.display()),
             Self::Other(message) => f.write_str(message),
             Self::UnknownScenario(name) => {
