@@ -43,3 +43,10 @@ pub struct Explanation {
     /// be filled first.
     pub vmm_refs: Vec<WalkRef>,
 }
+
+impl Explanation {
+    /// An explanation of `access` to `gva` in `mode` with nothing found yet.
+    pub fn new(mode: &'static str, gva: Gva, access: Access) -> Self {
+        Self { mode, gva, access, gpa: None, hpa: None, fault: None, refs: Vec::new(), vmm_refs: Vec::new() }
+    }
+}

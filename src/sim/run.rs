@@ -220,13 +220,7 @@ pub fn run_with_progress(
         ModeName::Native => run_with(Native::new(), 0, config, workload, progress)?,
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
-            run_with(
-                Nested::new(format, new_host(config)?).map_err(KernelError::from)?,
-                VM_VPID,
-                config,
-                workload,
-                progress,
-            )?
+            run_nested(format, config, workload, progress)?
         }
         ModeName::Shadow => {
             let shadow = Shadow::new(new_host(config)?, &config.cpu, config.shadow);
@@ -234,13 +228,7 @@ pub fn run_with_progress(
         }
         ModeName::Npt => {
             let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };
-            run_with(
-                Nested::new(format, new_host(config)?).map_err(KernelError::from)?,
-                VM_VPID,
-                config,
-                workload,
-                progress,
-            )?
+            run_nested(format, config, workload, progress)?
         }
     };
     let cycles = config.cost.cycles(&stats);
@@ -263,6 +251,20 @@ pub const HOST_PHYS_BITS: u8 = 46;
 /// The VPID of the (single) guest vCPU; 0 belongs to the host.
 pub const VM_VPID: u16 = 1;
 
+/// What a run returns before cycles are estimated.
+type RunParts = (Stats, Verification, Option<Explanation>);
+
+/// A VM under nested paging in `format` on a fresh host.
+fn run_nested<F: crate::vmm::nested::NestedFormat>(
+    format: F,
+    config: &SimConfig,
+    workload: &mut dyn Workload,
+    progress: &AtomicU64,
+) -> Result<RunParts, SimError> {
+    let vm = Nested::new(format, new_host(config)?).map_err(KernelError::from)?;
+    run_with(vm, VM_VPID, config, workload, progress)
+}
+
 /// The host a VM runs on.
 pub fn new_host(config: &SimConfig) -> Result<Host, SimError> {
     Host::new(config.guest_ram, config.host_page_size)
@@ -275,7 +277,7 @@ fn run_with<M: Mode>(
     config: &SimConfig,
     workload: &mut dyn Workload,
     progress: &AtomicU64,
-) -> Result<(Stats, Verification, Option<Explanation>), SimError> {
+) -> Result<RunParts, SimError> {
     let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
     let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
     let mut verifier = Verifier::new(config.verify, config.record.clone());
@@ -315,16 +317,12 @@ fn run_with<M: Mode>(
             Op::SetRoot { pid, root } => {
                 kernel.set_root(&mut machine, pid, Gpa::new(root))?;
             }
-            Op::StartMeasuring => {
-                machine.vcpu.reset_counters();
-                kernel.reset_counters();
-            }
+            Op::StartMeasuring => start_measuring(&mut machine, &mut kernel),
             Op::Access { pid, va, kind, size } => {
                 if warmup_left > 0 {
                     warmup_left -= 1;
                     if warmup_left == 0 {
-                        machine.vcpu.reset_counters();
-                        kernel.reset_counters();
+                        start_measuring(&mut machine, &mut kernel);
                     }
                 }
                 kernel.switch_to(&mut machine, pid)?;
@@ -389,6 +387,12 @@ fn run_with<M: Mode>(
         _ => None,
     };
     Ok((stats, verifier.finish(), explanation))
+}
+
+/// Zeroes every counter: what came before was set-up or warm-up.
+fn start_measuring<M: Mode>(machine: &mut Machine<M>, kernel: &mut Kernel) {
+    machine.vcpu.reset_counters();
+    kernel.reset_counters();
 }
 
 /// One page translation of an access, with the guest's fault handling and retries.

@@ -178,16 +178,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
     }
 
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
-        let mut explanation = Explanation {
-            mode: self.format.name(),
-            gva: va,
-            access,
-            gpa: None,
-            hpa: None,
-            fault: None,
-            refs: Vec::new(),
-            vmm_refs: Vec::new(),
-        };
+        let mut explanation = Explanation::new(self.format.name(), va, access);
         for _ in 0..MAX_EXITS_PER_WALK {
             let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None, vcpu.vpid);
             view.trace = Some(Vec::new());

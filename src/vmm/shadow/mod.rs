@@ -322,22 +322,9 @@ impl Shadow {
             return None;
         }
         let rights = translation.rights;
-        let mut value = (backing.as_u64() & Pte::ADDRESS_MASK & !(size.bytes() - 1))
-            | Pte::PRESENT
-            | Pte::ACCESSED
-            | Pte::PAGE_SIZE;
-        if rights.writable && translation.dirty {
-            value |= Pte::WRITABLE | Pte::DIRTY;
-        }
-        if rights.user {
-            value |= Pte::USER;
-        }
-        if rights.no_execute {
-            value |= Pte::NO_EXECUTE;
-        }
-        if translation.global {
-            value |= Pte::GLOBAL;
-        }
+        let page = Hpa::new(backing.as_u64() & !(size.bytes() - 1));
+        let writable = rights.writable && translation.dirty;
+        let value = leaf_spte(page, rights, writable, translation.global) | Pte::PAGE_SIZE;
         let spte = entry_address(table, va.as_u64(), level);
         self.host.memory.write_u64(spte, value);
         // Filed under the large page's first frame; write-protection looks there too.
@@ -536,24 +523,31 @@ impl Shadow {
         let Ok((backing, _)) = self.host.back(gpa) else { return FaultFix::Emulated };
         let rights = translation.rights;
         let writable = rights.writable && translation.dirty && !self.is_protected(gfn);
-        let mut value = (backing.as_u64() & Pte::ADDRESS_MASK) | Pte::PRESENT | Pte::ACCESSED;
-        if writable {
-            value |= Pte::WRITABLE | Pte::DIRTY;
-        }
-        if rights.user {
-            value |= Pte::USER;
-        }
-        if rights.no_execute {
-            value |= Pte::NO_EXECUTE;
-        }
-        if translation.global {
-            value |= Pte::GLOBAL;
-        }
+        let value = leaf_spte(backing, rights, writable, translation.global);
         let spte = entry_address(table, va.as_u64(), Level::Pt);
         self.host.memory.write_u64(spte, value);
         self.rmap.add(gfn, spte);
         FaultFix::Fixed
     }
+}
+
+/// A leaf shadow entry for `page` (accessed set; dirty set with write access, so the
+/// processor never writes shadow entries back).
+fn leaf_spte(page: Hpa, rights: Rights, writable: bool, global: bool) -> u64 {
+    let mut value = (page.as_u64() & Pte::ADDRESS_MASK) | Pte::PRESENT | Pte::ACCESSED;
+    if writable {
+        value |= Pte::WRITABLE | Pte::DIRTY;
+    }
+    if rights.user {
+        value |= Pte::USER;
+    }
+    if rights.no_execute {
+        value |= Pte::NO_EXECUTE;
+    }
+    if global {
+        value |= Pte::GLOBAL;
+    }
+    value
 }
 
 impl Mode for Shadow {
@@ -662,16 +656,7 @@ impl Mode for Shadow {
     }
 
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
-        let mut explanation = Explanation {
-            mode: "shadow",
-            gva: va,
-            access,
-            gpa: None,
-            hpa: None,
-            fault: None,
-            refs: Vec::new(),
-            vmm_refs: Vec::new(),
-        };
+        let mut explanation = Explanation::new("shadow", va, access);
         for _ in 0..MAX_FAULTS_PER_WALK {
             let root = match self.active {
                 Some(root) => root,
