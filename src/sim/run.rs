@@ -217,7 +217,7 @@ pub fn run_with_progress(
     progress: &AtomicU64,
 ) -> Result<RunReport, SimError> {
     let (stats, verification, explanation) = match mode {
-        ModeName::Native => run_with(Native::new(), 0, config, workload, progress)?,
+        ModeName::Native => run_with(Native::new(config.guest_ram), 0, config, workload, progress)?,
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
             run_nested(format, config, workload, progress)?

@@ -9,15 +9,17 @@ use crate::vcpu::{Mapping, Resolved, Vcpu};
 use crate::vmm::Mode;
 
 /// Bare metal.
-#[derive(Default)]
 pub struct Native {
     memory: PhysMemory,
+    /// Installed RAM: physical addresses from here up have no memory behind them (reads see
+    /// zeros, writes are lost), as for a guest touching addresses outside its memory slots.
+    ram_bytes: u64,
 }
 
 impl Native {
     /// A machine with empty memory.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(ram_bytes: u64) -> Self {
+        Self { memory: PhysMemory::new(), ram_bytes }
     }
 
     /// On bare metal the kernel's physical addresses are the machine's.
@@ -41,7 +43,9 @@ impl Mode for Native {
     }
 
     fn write_guest(&mut self, gpa: Gpa, value: u64, _vcpu: &mut Vcpu) {
-        self.memory.write_u64(Self::host(gpa), value);
+        if gpa.as_u64() < self.ram_bytes {
+            self.memory.write_u64(Self::host(gpa), value);
+        }
     }
 
     fn zero_guest_frame(&mut self, gfn: Gfn, _vcpu: &mut Vcpu) {

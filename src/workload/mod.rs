@@ -74,7 +74,8 @@ pub enum Op {
     /// Everything before this point is set-up: the counters start from zero here.
     StartMeasuring,
     /// A hostile guest kernel writes `value` into `pid`'s paging-structure entry for `va` at
-    /// `level` (5 = PML5 .. 1 = PT), creating missing upper tables, then executes INVLPG.
+    /// `level` (5 = PML5 .. 1 = PT), creating missing upper tables, then flushes the TLB as
+    /// the change requires.
     Poke {
         /// The process whose tables are written.
         pid: Pid,

@@ -100,6 +100,12 @@ impl Kernel {
     ) -> Result<(), KernelError> {
         let end = self.user_range(pid, start, len)?;
         self.edit_regions(pid, start.as_u64(), end, None)?;
+        if self.is_hostile(pid) {
+            // Tables a hostile guest wrote are not the kernel's to edit; drop every
+            // translation instead.
+            self.reload_cr3(p, pid);
+            return Ok(());
+        }
         let leaves = self.leaves_in(p, pid, start.as_u64(), end)?;
         let mut flushed = Vec::with_capacity(leaves.len());
         for (va, slot) in leaves {
@@ -126,6 +132,10 @@ impl Kernel {
     ) -> Result<(), KernelError> {
         let end = self.user_range(pid, start, len)?;
         self.edit_regions(pid, start.as_u64(), end, Some(prot))?;
+        if self.is_hostile(pid) {
+            self.reload_cr3(p, pid);
+            return Ok(());
+        }
         let leaves = self.leaves_in(p, pid, start.as_u64(), end)?;
         let mut shrunk = Vec::new();
         for (va, slot) in leaves {

@@ -12,7 +12,7 @@ use crate::paging::Pte;
 impl Kernel {
     /// Writes `value` into `pid`'s entry for `va` at `level` (1..=5, at most the root level),
     /// creating missing upper tables and following whatever upper entries already hold, then
-    /// executes INVLPG for `va`.
+    /// flushes what the change may have left stale (INVLPG for a PTE, a CR3 reload above).
     pub fn poke(
         &mut self,
         p: &mut impl Platform,
@@ -50,7 +50,13 @@ impl Kernel {
             };
         }
         p.write_phys(entry_address(table, va.as_u64(), target), value);
-        p.invlpg(va);
+        // A PTE change needs only INVLPG; an upper entry covers many pages, whose TLB entries
+        // only a full flush removes.
+        if target == Level::Pt {
+            p.invlpg(va);
+        } else if self.current == Some(pid) {
+            self.reload_cr3(p, pid);
+        }
         Ok(())
     }
 

@@ -341,6 +341,10 @@ impl Kernel {
         let levels = self.levels;
         let nxe = self.nxe;
         let process = self.processes.get(&pid).ok_or(KernelError::NoSuchProcess(pid))?;
+        if process.hostile {
+            // Its tables hold whatever it wrote: the kernel does not try to repair them.
+            return Ok(FaultResolution::Segv);
+        }
         let user_end = match levels {
             PagingLevels::Four => USER_HALF_END_4,
             PagingLevels::Five => USER_HALF_END_5,
