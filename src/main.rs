@@ -416,6 +416,11 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
         println!("{object}");
     } else {
         print!("{}", memvirt::report::comparison_table(&comparison));
+        let c = &config.cost;
+        println!(
+            "cycles from: access {} + L1 TLB hit {} + L2 TLB hit {} + walk reference {} + A/D write {} + guest page fault {} + VM exit {} (--cost FILE to change)",
+            c.access, c.tlb_l1_hit, c.tlb_l2_hit, c.walk_ref, c.ad_write, c.guest_page_fault, c.vm_exit
+        );
         if comparison.verify && comparison.verified {
             println!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA");
         }

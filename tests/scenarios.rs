@@ -132,3 +132,15 @@ fn large_pages_split_on_partial_unmap_and_protect() {
     );
     assert!(reports[0].stats.guest.large_splits > 0, "{:?}", reports[0].stats.guest);
 }
+
+#[test]
+fn the_crossover_table_updates_favour_nested_tlb_misses_favour_shadow() {
+    // Table-update heavy: shadow pays VM exits for every page-table write, CR3 load and INVLPG.
+    let (shadow, ept) = shadow_and_ept("fork-storm", &[("forks", "30"), ("work", "500")]);
+    assert!(shadow.cycles > ept.cycles, "fork-storm: shadow {} vs ept {}", shadow.cycles, ept.cycles);
+    // TLB-miss heavy with stable tables: each nested miss walks two dimensions.
+    let (shadow, ept) = shadow_and_ept("gups", &[("size", "256M"), ("updates", "100000")]);
+    assert!(ept.cycles > shadow.cycles, "gups: ept {} vs shadow {}", ept.cycles, shadow.cycles);
+    let per_walk = |r: &RunReport| r.stats.refs_per_walk();
+    assert!(per_walk(&ept) > 2.0 * per_walk(&shadow));
+}

@@ -65,17 +65,17 @@ fn rows() -> Vec<Row> {
         Row { label: "  MMIO", key: "vm_exits_mmio", value: |r, _| r.stats.vm_exits.mmio.to_string() },
         Row {
             label: "guest page tables (KiB)",
-            key: "page_table_bytes_guest",
+            key: "page_table_kib_guest",
             value: |r, _| (r.stats.page_table_bytes.guest / 1024).to_string(),
         },
         Row {
             label: "shadow tables (KiB)",
-            key: "page_table_bytes_shadow",
+            key: "page_table_kib_shadow",
             value: |r, _| (r.stats.page_table_bytes.shadow / 1024).to_string(),
         },
         Row {
             label: "EPT/NPT tables (KiB)",
-            key: "page_table_bytes_ept",
+            key: "page_table_kib_ept",
             value: |r, _| (r.stats.page_table_bytes.ept / 1024).to_string(),
         },
         Row { label: "estimated cycles", key: "cycles", value: |r, _| r.cycles.to_string() },
