@@ -365,7 +365,8 @@ impl WorkloadArgs {
 
 fn run(args: &RunArgs) -> Result<(), String> {
     let mut config = args.machine.config(&args.workload)?;
-    config.verify = args.check_isolation;
+    // Debug builds always check; release builds when asked.
+    config.verify = args.check_isolation || cfg!(debug_assertions);
     let (mut workload, description) = args.workload.open(&config)?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     if args.json {
@@ -461,17 +462,23 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
 fn describe(observed: Option<&memvirt::sim::verify::Observed>) -> String {
     match observed {
         None => "no such access (the run ended earlier)".to_string(),
-        Some(o) => format!(
-            "translation #{} of process {}: {:?} {:?} at GVA {} -> {:?}, HPA {}, expected HPA {}",
-            o.translation,
-            o.pid,
-            o.access.privilege,
-            o.access.kind,
-            o.gva,
-            o.seen,
-            o.hpa.map_or("-".to_string(), |h| h.to_string()),
-            o.expected_hpa.map_or("-".to_string(), |h| h.to_string()),
-        ),
+        Some(o) => {
+            format!(
+                "translation #{} of process {}: {:?} {:?} at GVA {} -> {:?}, HPA {}, expected HPA {}",
+                o.translation,
+                o.pid,
+                o.access.privilege,
+                o.access.kind,
+                o.gva,
+                o.seen,
+                o.hpa.map_or("-".to_string(), |h| h.to_string()),
+                o.expected_hpa.map_or("-".to_string(), |h| h.to_string()),
+            ) + if o.unprotected_write {
+                " (a write reached a write-protected guest table frame)"
+            } else {
+                ""
+            }
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Observed {
     pub hpa: Option<Hpa>,
     /// The reference composition's host-physical address, if translated.
     pub expected_hpa: Option<Hpa>,
+    /// A write completed to a guest frame the VMM keeps write-protected (a shadowed guest
+    /// table): the write protection leaked.
+    pub unprotected_write: bool,
 }
 
 /// The verifier's result.
@@ -104,12 +107,14 @@ impl Verifier {
         if !self.enabled {
             return;
         }
+        let mut unprotected_write = false;
         let (seen, hpa, expected_hpa) = match seen {
             SeenRaw::Translated(hpa) => {
                 let gpa = mode.reference_gpa(va, access, vcpu);
                 let expected = gpa.and_then(|gpa| mode.reference_hpa(gpa));
+                unprotected_write = access.is_write() && gpa.is_some_and(|gpa| mode.write_protected(gpa));
                 self.result.checked += 1;
-                if expected != Some(hpa) || gpa.is_none() {
+                if expected != Some(hpa) || gpa.is_none() || unprotected_write {
                     self.result.mismatches += 1;
                 }
                 (gpa.map_or(Seen::Emulated, Seen::Gpa), Some(hpa), expected)
@@ -122,9 +127,18 @@ impl Verifier {
                 (mode.reference_gpa(va, access, vcpu).map_or(Seen::Emulated, Seen::Gpa), None, None)
             }
         };
-        let observed =
-            Observed { translation: self.translations, pid, gva: va, access, seen, hpa, expected_hpa };
-        if hpa.is_some() && hpa != expected_hpa && self.result.first_mismatch.is_none() {
+        let observed = Observed {
+            translation: self.translations,
+            pid,
+            gva: va,
+            access,
+            seen,
+            hpa,
+            expected_hpa,
+            unprotected_write,
+        };
+        let wrong = (hpa.is_some() && hpa != expected_hpa) || unprotected_write;
+        if wrong && self.result.first_mismatch.is_none() {
             self.result.first_mismatch = Some(observed);
         }
         if self.result.record.as_ref().is_some_and(|range| range.contains(&self.translations)) {

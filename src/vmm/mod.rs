@@ -58,6 +58,12 @@ pub trait Mode {
     /// run's memory grows with.
     fn stored_bytes(&self) -> u64;
 
+    /// Whether the VMM keeps `gpa`'s frame write-protected (it holds a shadowed guest table):
+    /// a guest write that completes there without a trap is a leak of the protection.
+    fn write_protected(&self, _gpa: Gpa) -> bool {
+        false
+    }
+
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {
         PageTableBytes::default()

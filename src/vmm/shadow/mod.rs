@@ -647,6 +647,10 @@ impl Mode for Shadow {
         crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
     }
 
+    fn write_protected(&self, gpa: Gpa) -> bool {
+        self.is_protected(gpa.frame())
+    }
+
     fn stored_bytes(&self) -> u64 {
         self.host.memory.stored_bytes()
     }
