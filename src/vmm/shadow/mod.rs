@@ -451,6 +451,15 @@ impl Shadow {
         Ok(child)
     }
 
+    /// A page-fault exit: counted, handled, and the TLB flushed if the handling requires it.
+    fn page_fault_exit(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> FaultFix {
+        vcpu.stats.vm_exits.total += 1;
+        vcpu.stats.vm_exits.page_fault += 1;
+        let fix = self.fix(va, access, vcpu);
+        self.apply_flush(vcpu);
+        fix
+    }
+
     /// The VMM's handling of a page-fault exit: walk the guest tables in software (setting
     /// the guest's A/D bits as hardware would); inject a true fault, or build the missing
     /// shadow entries.
@@ -714,11 +723,7 @@ impl Mode for Shadow {
                             })
                         })
                         .collect();
-                    vcpu.stats.vm_exits.total += 1;
-                    vcpu.stats.vm_exits.page_fault += 1;
-                    let fix = self.fix(va, access, vcpu);
-                    self.apply_flush(vcpu);
-                    match fix {
+                    match self.page_fault_exit(va, access, vcpu) {
                         FaultFix::Fixed => {}
                         FaultFix::Inject(fault) => {
                             explanation.fault = Some(fault.code);
@@ -762,17 +767,11 @@ impl Mode for Shadow {
                 }
                 WalkOutcome::NonCanonical => return Resolved::NonCanonical,
                 WalkOutcome::Memory(never) => match never {},
-                WalkOutcome::PageFault(_) => {
-                    vcpu.stats.vm_exits.total += 1;
-                    vcpu.stats.vm_exits.page_fault += 1;
-                    let fix = self.fix(va, access, vcpu);
-                    self.apply_flush(vcpu);
-                    match fix {
-                        FaultFix::Fixed => {}
-                        FaultFix::Inject(fault) => return Resolved::Fault(fault),
-                        FaultFix::Emulated => return Resolved::Emulated,
-                    }
-                }
+                WalkOutcome::PageFault(_) => match self.page_fault_exit(va, access, vcpu) {
+                    FaultFix::Fixed => {}
+                    FaultFix::Inject(fault) => return Resolved::Fault(fault),
+                    FaultFix::Emulated => return Resolved::Emulated,
+                },
             }
         }
         Resolved::Emulated
