@@ -4,7 +4,11 @@
 
 pub mod guest_memory;
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 use crate::addr::{Gpa, Hfn, Hpa, Hva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::memory::{BigFrame, FrameAllocator, MemorySlot, MemorySlots, OutOfFrames, PhysMemory};
@@ -38,13 +42,22 @@ impl fmt::Display for BackingError {
 
 impl std::error::Error for BackingError {}
 
-/// The host machine and the VMM process.
-pub struct Host {
-    /// All host physical memory.
-    pub memory: PhysMemory,
+/// The host kernel's frames, shared by every VMM process on the host.
+struct HostFrames {
     small: FrameAllocator<Hfn>,
     large: FrameAllocator<BigFrame<21>>,
     huge: FrameAllocator<BigFrame<30>>,
+    /// With several VMs: which VM each guest-RAM backing page (by first frame) belongs to.
+    owners: Option<FxHashMap<u64, u16>>,
+}
+
+/// One VM's view of the host: the host's memory and frames (shared with any other VM) and
+/// the VM's own VMM process (its page tables and memory slot).
+pub struct Host {
+    /// All host physical memory.
+    pub memory: PhysMemory,
+    frames: Rc<RefCell<HostFrames>>,
+    vm: u16,
     root: Hpa,
     page_size: PageSize,
     host_table_frames: u64,
@@ -63,20 +76,41 @@ impl Host {
     /// `page_size`.
     pub fn new(guest_ram: u64, page_size: PageSize) -> Result<Self, OutOfFrames> {
         let quarter = HOST_RAM_BYTES / 4;
-        let mut small = FrameAllocator::<Hfn>::new(1, quarter / PAGE_BYTES - 1);
-        let large = FrameAllocator::new(quarter >> 21, quarter >> 21);
-        let huge = FrameAllocator::new((2 * quarter) >> 30, (2 * quarter) >> 30);
-        let root = small.allocate()?.start();
+        let frames = HostFrames {
+            small: FrameAllocator::<Hfn>::new(1, quarter / PAGE_BYTES - 1),
+            large: FrameAllocator::new(quarter >> 21, quarter >> 21),
+            huge: FrameAllocator::new((2 * quarter) >> 30, (2 * quarter) >> 30),
+            owners: None,
+        };
+        Self::process(PhysMemory::new(), Rc::new(RefCell::new(frames)), 1, guest_ram, page_size)
+    }
+
+    /// Another VM on the same host: a new VMM process with its own page tables and memory
+    /// slot, drawing on the same physical memory and frames. Backing pages are then recorded
+    /// by VM, so [`Host::owner_of`] can tell whose a frame is.
+    pub fn another_vm(&self, guest_ram: u64) -> Result<Self, OutOfFrames> {
+        self.frames.borrow_mut().owners.get_or_insert_with(FxHashMap::default);
+        Self::process(self.memory.share(), Rc::clone(&self.frames), self.vm + 1, guest_ram, self.page_size)
+    }
+
+    fn process(
+        mut memory: PhysMemory,
+        frames: Rc<RefCell<HostFrames>>,
+        vm: u16,
+        guest_ram: u64,
+        page_size: PageSize,
+    ) -> Result<Self, OutOfFrames> {
+        let root = frames.borrow_mut().small.allocate()?.start();
+        memory.zero_frame(root.frame());
         let mut slots = MemorySlots::new();
         let ram =
             MemorySlot { guest_start: Gpa::new(0), len: guest_ram, host_start: Hva::new(GUEST_RAM_HVA) };
         // The only slot: it cannot clash.
         let _ = slots.add(ram);
         Ok(Self {
-            memory: PhysMemory::new(),
-            small,
-            large,
-            huge,
+            memory,
+            frames,
+            vm,
             root,
             page_size,
             host_table_frames: 1,
@@ -95,9 +129,23 @@ impl Host {
         self.page_size
     }
 
+    /// Which VM this is (1, 2, ...).
+    pub fn vm(&self) -> u16 {
+        self.vm
+    }
+
+    /// The VM whose guest RAM the frame of `hpa` backs, when several VMs share the host.
+    pub fn owner_of(&self, hpa: Hpa) -> Option<u16> {
+        let frames = self.frames.borrow();
+        let owners = frames.owners.as_ref()?;
+        [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]
+            .iter()
+            .find_map(|size| owners.get(&(hpa.align_down(*size).as_u64() >> 12)).copied())
+    }
+
     /// A zeroed 4 KiB frame for a VMM table (EPT, NPT, shadow).
     pub fn table_frame(&mut self) -> Result<Hpa, OutOfFrames> {
-        let frame = self.small.allocate()?;
+        let frame = self.frames.borrow_mut().small.allocate()?;
         self.memory.zero_frame(frame);
         Ok(frame.start())
     }
@@ -105,7 +153,7 @@ impl Host {
     /// Returns a VMM table frame.
     pub fn free_table_frame(&mut self, frame: Hpa) {
         self.memory.zero_frame(frame.frame());
-        self.small.free(frame.frame());
+        self.frames.borrow_mut().small.free(frame.frame());
     }
 
     /// The host-physical address of `hva` through the VMM's page tables, if mapped.
@@ -165,19 +213,24 @@ impl Host {
                 _ => PageSize::Size4K,
             };
         }
+        let mut frames = self.frames.borrow_mut();
         let frame = match size {
-            PageSize::Size4K => self.small.allocate().map(|f| f.start().as_u64()),
-            PageSize::Size2M => self.large.allocate().map(BigFrame::start_raw),
-            PageSize::Size1G => self.huge.allocate().map(BigFrame::start_raw),
+            PageSize::Size4K => frames.small.allocate().map(|f| f.start().as_u64()),
+            PageSize::Size2M => frames.large.allocate().map(BigFrame::start_raw),
+            PageSize::Size1G => frames.huge.allocate().map(BigFrame::start_raw),
         }
         .map_err(BackingError::OutOfMemory)?;
+        let vm = self.vm;
+        if let Some(owners) = frames.owners.as_mut() {
+            owners.insert(frame >> 12, vm);
+        }
         let mut leaf = Pte::new(Hpa::new(frame), Pte::PRESENT | Pte::WRITABLE | Pte::USER | Pte::NO_EXECUTE);
         if size != PageSize::Size4K {
             leaf = leaf.with(Pte::PAGE_SIZE);
         }
         let table_flags = Pte::PRESENT | Pte::WRITABLE | Pte::USER;
         let root = self.root;
-        let mut store = HostTables { memory: &mut self.memory, frames: &mut self.small, created: 0 };
+        let mut store = HostTables { memory: &mut self.memory, frames: &mut frames.small, created: 0 };
         match builder::install(
             &mut store,
             EntryFormat::X86,
@@ -193,7 +246,9 @@ impl Host {
             // Unreachable: the lookup above found no leaf on the way.
             Err(InstallError::LargePageInTheWay) => {}
         }
-        self.host_table_frames += store.created;
+        let created = store.created;
+        drop(frames);
+        self.host_table_frames += created;
         Ok((Hpa::new(frame | hva.page_offset(size)), size))
     }
 

@@ -4,6 +4,12 @@
 //! every other frame reads as zeros and costs nothing, so memory grows with the frames written,
 //! not with the address range. Entries are 8 bytes, naturally aligned, little-endian, as the
 //! processor reads them.
+//!
+//! A `PhysMemory` is a handle: [`PhysMemory::share`] gives another handle on the same memory,
+//! which is how two VMs (two VMM processes) run on one host.
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
@@ -15,7 +21,7 @@ type FrameWords = Box<[u64; 512]>;
 /// Sparse host physical memory.
 #[derive(Default)]
 pub struct PhysMemory {
-    frames: FxHashMap<Hfn, FrameWords>,
+    frames: Rc<RefCell<FxHashMap<Hfn, FrameWords>>>,
 }
 
 impl PhysMemory {
@@ -24,11 +30,16 @@ impl PhysMemory {
         Self::default()
     }
 
+    /// Another handle on the same memory.
+    pub fn share(&self) -> PhysMemory {
+        PhysMemory { frames: Rc::clone(&self.frames) }
+    }
+
     /// The 8-byte word containing `addr` (the low three address bits are ignored, as an
     /// aligned entry read would).
     #[inline]
     pub fn read_u64(&self, addr: Hpa) -> u64 {
-        match self.frames.get(&addr.frame()) {
+        match self.frames.borrow().get(&addr.frame()) {
             Some(words) => words[word_index(addr)],
             None => 0,
         }
@@ -37,28 +48,24 @@ impl PhysMemory {
     /// Stores an 8-byte word, giving the frame storage if it had none.
     #[inline]
     pub fn write_u64(&mut self, addr: Hpa, value: u64) {
-        let words = self.frames.entry(addr.frame()).or_insert_with(|| Box::new([0; 512]));
+        let mut frames = self.frames.borrow_mut();
+        let words = frames.entry(addr.frame()).or_insert_with(|| Box::new([0; 512]));
         words[word_index(addr)] = value;
     }
 
     /// Zeroes a frame and drops its storage.
     pub fn zero_frame(&mut self, frame: Hfn) {
-        self.frames.remove(&frame);
-    }
-
-    /// The frame's bytes, if it holds any.
-    pub fn frame_words(&self, frame: Hfn) -> Option<&[u64; 512]> {
-        self.frames.get(&frame).map(|words| &**words)
+        self.frames.borrow_mut().remove(&frame);
     }
 
     /// How many frames hold bytes.
     pub fn frames_with_storage(&self) -> usize {
-        self.frames.len()
+        self.frames.borrow().len()
     }
 
     /// Bytes of frame storage held.
     pub fn stored_bytes(&self) -> u64 {
-        u64::try_from(self.frames.len()).unwrap_or(u64::MAX).saturating_mul(PAGE_BYTES)
+        u64::try_from(self.frames_with_storage()).unwrap_or(u64::MAX).saturating_mul(PAGE_BYTES)
     }
 }
 

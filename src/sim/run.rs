@@ -216,19 +216,47 @@ pub fn run_with_progress(
     workload: &mut dyn Workload,
     progress: &AtomicU64,
 ) -> Result<RunReport, SimError> {
+    run_vms(mode, config, &mut [workload], progress)
+}
+
+/// Runs one VM per workload on one host in `mode` (natively: one machine each), in
+/// round-robin slices of [`VM_QUANTUM`] accesses. The report adds the VMs' counters up.
+pub fn run_vms(
+    mode: ModeName,
+    config: &SimConfig,
+    workloads: &mut [&mut dyn Workload],
+    progress: &AtomicU64,
+) -> Result<RunReport, SimError> {
+    let count = workloads.len().max(1);
     let (stats, verification, explanation) = match mode {
-        ModeName::Native => run_with(Native::new(config.guest_ram), 0, config, workload, progress)?,
+        ModeName::Native => {
+            let machines = (0..count).map(|_| (Native::new(config.guest_ram), 0)).collect();
+            run_with(machines, config, workloads, progress)?
+        }
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
-            run_nested(format, config, workload, progress)?
-        }
-        ModeName::Shadow => {
-            let shadow = Shadow::new(new_host(config)?, &config.cpu, config.shadow);
-            run_with(shadow, VM_VPID, config, workload, progress)?
+            let vms = new_hosts(config, count)?
+                .into_iter()
+                .map(|(host, vpid)| Nested::new(format, host).map(|vm| (vm, vpid)))
+                .collect::<Result<_, _>>()
+                .map_err(KernelError::from)?;
+            run_with(vms, config, workloads, progress)?
         }
         ModeName::Npt => {
             let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };
-            run_nested(format, config, workload, progress)?
+            let vms = new_hosts(config, count)?
+                .into_iter()
+                .map(|(host, vpid)| Nested::new(format, host).map(|vm| (vm, vpid)))
+                .collect::<Result<_, _>>()
+                .map_err(KernelError::from)?;
+            run_with(vms, config, workloads, progress)?
+        }
+        ModeName::Shadow => {
+            let vms = new_hosts(config, count)?
+                .into_iter()
+                .map(|(host, vpid)| (Shadow::new(host, &config.cpu, config.shadow), vpid))
+                .collect();
+            run_with(vms, config, workloads, progress)?
         }
     };
     let cycles = config.cost.cycles(&stats);
@@ -246,93 +274,121 @@ pub fn run_with_progress(
 /// How often (in accesses) a run publishes its progress.
 const PROGRESS_EVERY: u64 = 1 << 16;
 
+/// With several VMs, the accesses each runs before the next one's turn.
+pub const VM_QUANTUM: u64 = 10_000;
+
 /// The host's MAXPHYADDR.
 pub const HOST_PHYS_BITS: u8 = 46;
-/// The VPID of the (single) guest vCPU; 0 belongs to the host.
-pub const VM_VPID: u16 = 1;
 
 /// What a run returns before cycles are estimated.
 type RunParts = (Stats, Verification, Option<Explanation>);
 
-/// A VM under nested paging in `format` on a fresh host.
-fn run_nested<F: crate::vmm::nested::NestedFormat>(
-    format: F,
-    config: &SimConfig,
-    workload: &mut dyn Workload,
-    progress: &AtomicU64,
-) -> Result<RunParts, SimError> {
-    let vm = Nested::new(format, new_host(config)?).map_err(KernelError::from)?;
-    run_with(vm, VM_VPID, config, workload, progress)
+/// `count` VMs on one host, each with its own VMM process and VPID (1, 2, ...; 0 is the
+/// host's).
+pub fn new_hosts(config: &SimConfig, count: usize) -> Result<Vec<(Host, u16)>, SimError> {
+    let oom = |e| SimError::Kernel(KernelError::OutOfMemory(e));
+    let first = Host::new(config.guest_ram, config.host_page_size).map_err(oom)?;
+    let mut hosts = Vec::with_capacity(count);
+    for _ in 1..count {
+        let last = hosts.last().map_or(&first, |(host, _): &(Host, u16)| host);
+        let next = last.another_vm(config.guest_ram).map_err(oom)?;
+        hosts.push((next, 0));
+    }
+    hosts.insert(0, (first, 0));
+    for (i, (_, vpid)) in hosts.iter_mut().enumerate() {
+        *vpid = u16::try_from(i + 1).unwrap_or(u16::MAX);
+    }
+    Ok(hosts)
 }
 
-/// The host a VM runs on.
-pub fn new_host(config: &SimConfig) -> Result<Host, SimError> {
-    Host::new(config.guest_ram, config.host_page_size)
-        .map_err(|e| SimError::Kernel(KernelError::OutOfMemory(e)))
+/// One guest: its vCPU and mode, its kernel, its first access (for `explain`).
+struct Guest<M> {
+    machine: Machine<M>,
+    kernel: Kernel,
+    first_access: Option<(Gva, Access)>,
 }
 
 fn run_with<M: Mode>(
-    mode: M,
-    vpid: u16,
+    modes: Vec<(M, u16)>,
     config: &SimConfig,
-    workload: &mut dyn Workload,
+    workloads: &mut [&mut dyn Workload],
     progress: &AtomicU64,
 ) -> Result<RunParts, SimError> {
-    let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
-    let mut kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
+    let mut guests = Vec::with_capacity(modes.len());
+    for (mode, vpid) in modes {
+        let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
+        let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
+        guests.push(Guest { machine, kernel, first_access: None });
+    }
     let mut verifier = Verifier::new(config.verify, config.record.clone());
-    let mut first_access = None;
     let mut total_accesses = 0u64;
     let mut interrupted = false;
     // Accesses left before the counters start (+1: the reset happens before the next one).
     let mut warmup_left = if config.warmup > 0 { config.warmup + 1 } else { 0 };
-    while let Some(op) = workload.next_op()? {
+    let mut live: Vec<bool> = vec![true; guests.len()];
+    let (mut turn, mut used) = (0usize, 0u64);
+    while live.iter().any(|l| *l) {
+        if !live[turn] {
+            turn = (turn + 1) % guests.len();
+            continue;
+        }
+        let Some(op) = workloads[turn].next_op()? else {
+            live[turn] = false;
+            used = 0;
+            continue;
+        };
+        let guest = &mut guests[turn];
+        let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
         match op {
-            Op::Spawn { pid, anywhere } => kernel.spawn(&mut machine, pid, anywhere)?,
+            Op::Spawn { pid, anywhere } => kernel.spawn(machine, pid, anywhere)?,
             Op::Map { pid, region } => kernel.add_region(pid, region)?,
             Op::Munmap { pid, start, len } => {
-                kernel.switch_to(&mut machine, pid)?;
-                kernel.munmap(&mut machine, pid, start, len)?;
+                kernel.switch_to(machine, pid)?;
+                kernel.munmap(machine, pid, start, len)?;
             }
             Op::Mprotect { pid, start, len, prot } => {
-                kernel.switch_to(&mut machine, pid)?;
-                kernel.mprotect(&mut machine, pid, start, len, prot)?;
+                kernel.switch_to(machine, pid)?;
+                kernel.mprotect(machine, pid, start, len, prot)?;
             }
             Op::Fork { parent, child } => {
-                kernel.switch_to(&mut machine, parent)?;
-                kernel.fork(&mut machine, parent, child)?;
+                kernel.switch_to(machine, parent)?;
+                kernel.fork(machine, parent, child)?;
             }
             Op::Exec { pid } => {
-                kernel.switch_to(&mut machine, pid)?;
-                kernel.exec(&mut machine, pid)?;
+                kernel.switch_to(machine, pid)?;
+                kernel.exec(machine, pid)?;
             }
             Op::Exit { pid } => {
-                kernel.switch_to(&mut machine, pid)?;
-                kernel.exit(&mut machine, pid)?;
+                kernel.switch_to(machine, pid)?;
+                kernel.exit(machine, pid)?;
             }
             Op::Poke { pid, va, level, value } => {
-                kernel.switch_to(&mut machine, pid)?;
-                kernel.poke(&mut machine, pid, va, level, value)?;
+                kernel.switch_to(machine, pid)?;
+                kernel.poke(machine, pid, va, level, value)?;
             }
-            Op::SetRoot { pid, root } => {
-                kernel.set_root(&mut machine, pid, Gpa::new(root))?;
-            }
-            Op::StartMeasuring => start_measuring(&mut machine, &mut kernel),
+            Op::SetRoot { pid, root } => kernel.set_root(machine, pid, Gpa::new(root))?,
+            Op::StartMeasuring => guests.iter_mut().for_each(start_measuring),
             Op::Access { pid, va, kind, size } => {
                 if warmup_left > 0 {
                     warmup_left -= 1;
                     if warmup_left == 0 {
-                        start_measuring(&mut machine, &mut kernel);
+                        guests.iter_mut().for_each(start_measuring);
                     }
                 }
-                kernel.switch_to(&mut machine, pid)?;
+                let guest = &mut guests[turn];
+                let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
+                kernel.switch_to(machine, pid)?;
                 machine.vcpu.stats.accesses += 1;
                 total_accesses += 1;
                 if total_accesses % PROGRESS_EVERY == 0 {
                     progress.store(total_accesses, Ordering::Relaxed);
-                    let used = machine.mode.stored_bytes();
-                    if used > config.max_host_memory {
-                        return Err(SimError::MemoryLimit { used, limit: config.max_host_memory });
+                    // VMs on one host share its memory: the largest view is the whole.
+                    let used_bytes = machine.mode.stored_bytes();
+                    if used_bytes > config.max_host_memory {
+                        return Err(SimError::MemoryLimit {
+                            used: used_bytes,
+                            limit: config.max_host_memory,
+                        });
                     }
                     if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
                         interrupted = true;
@@ -340,13 +396,13 @@ fn run_with<M: Mode>(
                     }
                 }
                 let access = Access::new(kind, Privilege::User);
-                if first_access.is_none() {
-                    first_access = Some((va, access));
+                if guest.first_access.is_none() {
+                    guest.first_access = Some((va, access));
                 }
                 let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
                 let mut page = va;
                 loop {
-                    access_page(&mut machine, &mut kernel, &mut verifier, pid, page, access)?;
+                    access_page(machine, kernel, &mut verifier, pid, page, access)?;
                     let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
                     if next > last {
                         break;
@@ -359,40 +415,57 @@ fn run_with<M: Mode>(
                         }
                     }
                 }
+                used += 1;
+                if guests.len() > 1 && used >= VM_QUANTUM {
+                    used = 0;
+                    turn = (turn + 1) % guests.len();
+                }
             }
         }
     }
-    let mut stats = machine.vcpu.stats.clone();
-    stats.tlb = machine.vcpu.tlb.stats();
-    stats.interrupted = interrupted;
-    let counters = kernel.counters();
-    stats.context_switches = counters.context_switches;
-    stats.pages_mapped = counters.pages_mapped;
-    stats.guest = counters;
-    let own = machine.mode.page_table_bytes();
-    stats.page_table_bytes.guest = kernel.page_table_bytes();
-    stats.page_table_bytes.shadow = own.shadow;
-    stats.page_table_bytes.ept = own.ept;
+    let mut total = Stats::default();
+    for guest in &guests {
+        total.absorb(&guest_stats(guest));
+    }
+    total.interrupted = interrupted;
     // After the counters are taken: explaining changes nothing that was counted.
+    let Some(first) = guests.first_mut() else {
+        return Ok((total, verifier.finish(), None));
+    };
     let target = match config.explain {
         Some(ExplainTarget::Address(va, access)) => Some((va, access)),
-        Some(ExplainTarget::FirstAccess) => first_access,
+        Some(ExplainTarget::FirstAccess) => first.first_access,
         None => None,
     };
-    let explanation = match (target, kernel.first_process()) {
+    let explanation = match (target, first.kernel.first_process()) {
         (Some((va, access)), Some(pid)) => {
-            kernel.switch_to(&mut machine, pid)?;
-            Some(machine.mode.explain(va, access, &mut machine.vcpu))
+            first.kernel.switch_to(&mut first.machine, pid)?;
+            Some(first.machine.mode.explain(va, access, &mut first.machine.vcpu))
         }
         _ => None,
     };
-    Ok((stats, verifier.finish(), explanation))
+    Ok((total, verifier.finish(), explanation))
 }
 
-/// Zeroes every counter: what came before was set-up or warm-up.
-fn start_measuring<M: Mode>(machine: &mut Machine<M>, kernel: &mut Kernel) {
-    machine.vcpu.reset_counters();
-    kernel.reset_counters();
+/// One guest's counters, with what its kernel and mode report.
+fn guest_stats<M: Mode>(guest: &Guest<M>) -> Stats {
+    let mut stats = guest.machine.vcpu.stats.clone();
+    stats.tlb = guest.machine.vcpu.tlb.stats();
+    let counters = guest.kernel.counters();
+    stats.context_switches = counters.context_switches;
+    stats.pages_mapped = counters.pages_mapped;
+    stats.guest = counters;
+    let own = guest.machine.mode.page_table_bytes();
+    stats.page_table_bytes.guest = guest.kernel.page_table_bytes();
+    stats.page_table_bytes.shadow = own.shadow;
+    stats.page_table_bytes.ept = own.ept;
+    stats
+}
+
+/// Zeroes every counter of a guest: what came before was set-up or warm-up.
+fn start_measuring<M: Mode>(guest: &mut Guest<M>) {
+    guest.machine.vcpu.reset_counters();
+    guest.kernel.reset_counters();
 }
 
 /// One page translation of an access, with the guest's fault handling and retries.

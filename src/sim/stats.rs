@@ -152,3 +152,36 @@ impl Stats {
         self.ad_writes += ad_writes;
     }
 }
+
+/// Adds the listed count fields of `$other` into `$self`.
+macro_rules! add_counts {
+    ($self:ident, $other:ident; $($field:ident),* $(,)?) => {
+        $( $self.$field += $other.$field; )*
+    };
+}
+
+impl Stats {
+    /// Folds another VM's counters into these (sums; maxima where a field is a maximum).
+    pub fn absorb(&mut self, o: &Stats) {
+        add_counts!(self, o; accesses, translations, tlb_hits, tlb_misses, walks, walk_refs,
+            walk_refs_nested, ad_writes, guest_page_faults, segfaults, general_protection,
+            context_switches, cr3_loads, invlpgs, pages_mapped);
+        self.walk_refs_max = self.walk_refs_max.max(o.walk_refs_max);
+        self.interrupted |= o.interrupted;
+        let (t, u) = (&mut self.tlb, &o.tlb);
+        add_counts!(t, u; l1_hits, l2_hits, misses);
+        let (w, x) = (&mut self.walk_caches, &o.walk_caches);
+        add_counts!(w, x; psc_hits, psc_misses, nested_tlb_hits, nested_tlb_misses);
+        let (e, f) = (&mut self.vm_exits, &o.vm_exits);
+        add_counts!(e, f; total, cr3_write, invlpg, page_fault, pt_write, ept_violation, ept_misconfig, mmio);
+        let (p, q) = (&mut self.page_table_bytes, &o.page_table_bytes);
+        add_counts!(p, q; guest, shadow, ept);
+        let (g, h) = (&mut self.guest, &o.guest);
+        add_counts!(g, h; pages_mapped, context_switches, cow_breaks, forks, execs, exits, munmaps,
+            mprotects, large_splits);
+        let (s, r) = (&mut self.shadow, &o.shadow);
+        add_counts!(s, r; pages, peak_pages, created, zaps, flood_zaps, recycled, unprotects,
+            hash_hits, hash_misses, root_cache_hits, root_cache_misses, hidden_faults,
+            injected_faults, unsyncs, resyncs, vmm_walk_refs);
+    }
+}
