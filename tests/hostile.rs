@@ -53,3 +53,33 @@ fn check_isolation_from_the_command_line() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["verified"], true);
 }
+
+#[test]
+fn two_vms_on_one_host_stay_apart() {
+    let modes = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
+    for workload in ["hostile", "fork-storm"] {
+        let config = SimConfig { verify: true, vms: 2, ..SimConfig::default() };
+        let context = ScenarioContext { seed: 3, page_size: memvirt::addr::PageSize::Size4K };
+        let mut params = Params::new();
+        if workload == "fork-storm" {
+            params.insert("forks".into(), "10".into());
+        }
+        let factory = || scenario::build(workload, &params, &context);
+        let progress: Vec<AtomicU64> = modes.iter().map(|_| AtomicU64::new(0)).collect();
+        let comparison = compare(&modes, &config, &factory, &progress).expect("runs");
+        assert!(comparison.mismatch.is_none(), "{workload}: {:?}", comparison.mismatch);
+        for report in &comparison.reports {
+            assert_eq!(
+                report.verified,
+                Some(true),
+                "{workload} {}: {:?}",
+                report.mode,
+                report.verification.first_mismatch
+            );
+        }
+        // Two guests ran: twice the single guest's faults.
+        let single = SimConfig { verify: true, ..SimConfig::default() };
+        let one = compare(&modes[..1], &single, &factory, &progress[..1]).expect("runs");
+        assert_eq!(comparison.reports[0].stats.guest_page_faults, 2 * one.reports[0].stats.guest_page_faults);
+    }
+}

@@ -331,6 +331,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_vms_share_memory_but_never_a_frame() {
+        let mut first = Host::new(1 << 30, PageSize::Size4K).expect("host");
+        let mut second = first.another_vm(1 << 30).expect("second VM");
+        assert_eq!((first.vm(), second.vm()), (1, 2));
+        let (a, _) = first.back(Gpa::new(0x5000)).expect("backed");
+        let (b, _) = second.back(Gpa::new(0x5000)).expect("backed");
+        assert_ne!(a, b, "the same GPA in two VMs is two host frames");
+        assert_eq!(first.owner_of(a), Some(1));
+        assert_eq!(first.owner_of(b), Some(2));
+        // One physical memory: what one VMM process writes, the host can read at that HPA.
+        second.memory.write_u64(b, 42);
+        assert_eq!(first.memory.read_u64(b), 42);
+        // VMM table frames belong to no VM.
+        let table = first.table_frame().expect("frame");
+        assert_eq!(second.owner_of(table), None);
+    }
+
+    #[test]
     fn backing_is_lazy_stable_and_sized() {
         let mut host = Host::new(4 << 30, PageSize::Size2M).expect("host");
         assert_eq!(host.backing_of(Gpa::new(0x20_1234)), None);

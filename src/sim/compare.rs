@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use serde::Serialize;
 
-use crate::sim::run::{run_with_progress, ModeName, RunReport, SimConfig, SimError};
+use crate::sim::run::{run_vms, ModeName, RunReport, SimConfig, SimError};
 use crate::sim::verify::{Observed, CHUNK};
 use crate::workload::{Workload, WorkloadError};
 
@@ -58,10 +58,7 @@ pub fn compare(
             .enumerate()
             .map(|(i, &mode)| {
                 let counter = progress.get(i).unwrap_or(&fallback);
-                scope.spawn(move || {
-                    let mut workload = factory()?;
-                    run_with_progress(mode, config, workload.as_mut(), counter)
-                })
+                scope.spawn(move || run_copies(mode, config, factory, counter))
             })
             .collect();
         handles
@@ -92,6 +89,19 @@ pub fn compare(
     Ok(Comparison { reports, verify: config.verify, verified, mismatch })
 }
 
+/// Runs `mode` with one fresh copy of the workload per VM.
+fn run_copies(
+    mode: ModeName,
+    config: &SimConfig,
+    factory: &WorkloadFactory<'_>,
+    progress: &AtomicU64,
+) -> Result<RunReport, SimError> {
+    let mut copies = (0..config.vms.max(1)).map(|_| factory()).collect::<Result<Vec<_>, _>>()?;
+    let mut workloads: Vec<&mut dyn Workload> =
+        copies.iter_mut().map(|w| w.as_mut() as &mut dyn Workload).collect();
+    run_vms(mode, config, &mut workloads, progress)
+}
+
 /// Runs chunk `chunk` again in both modes with recording on and finds the first translation
 /// where they differ.
 fn locate(
@@ -104,8 +114,7 @@ fn locate(
     let mut recording = config.clone();
     recording.record = Some(chunk * CHUNK..(chunk + 1) * CHUNK);
     let record = |m: ModeName| -> Result<Vec<Observed>, SimError> {
-        let mut workload = factory()?;
-        let report = run_with_progress(m, &recording, workload.as_mut(), &AtomicU64::new(0))?;
+        let report = run_copies(m, &recording, factory, &AtomicU64::new(0))?;
         Ok(report.verification.recorded)
     };
     let (a, b) = (record(reference)?, record(mode)?);

@@ -9,5 +9,5 @@ pub mod stats;
 pub mod verify;
 
 pub use machine::Machine;
-pub use run::{run, run_with_progress, ExplainTarget, ModeName, RunReport, SimConfig, SimError};
+pub use run::{run, run_vms, run_with_progress, ExplainTarget, ModeName, RunReport, SimConfig, SimError};
 pub use stats::Stats;

@@ -84,6 +84,8 @@ pub struct SimConfig {
     /// Set from another thread (Ctrl-C) to stop the run early with the counters so far.
     #[serde(skip)]
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Guests on the host, each running its own copy of the workload (1 unless `--vms`).
+    pub vms: usize,
     /// Accesses left out of the counters at the start of the run.
     pub warmup: u64,
     /// Whether paging-structure caches and the nested TLB are on.
@@ -111,6 +113,7 @@ impl Default for SimConfig {
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
             warmup: 0,
+            vms: 1,
             max_host_memory: 8 << 30,
             stop: None,
             nested_levels: PagingLevels::Four,

@@ -52,6 +52,8 @@ pub struct Observed {
     /// A write completed to a guest frame the VMM keeps write-protected (a shadowed guest
     /// table): the write protection leaked.
     pub unprotected_write: bool,
+    /// The access reached a frame backing another VM's memory.
+    pub foreign_frame: bool,
 }
 
 /// The verifier's result.
@@ -108,13 +110,15 @@ impl Verifier {
             return;
         }
         let mut unprotected_write = false;
+        let mut foreign_frame = false;
         let (seen, hpa, expected_hpa) = match seen {
             SeenRaw::Translated(hpa) => {
                 let gpa = mode.reference_gpa(va, access, vcpu);
                 let expected = gpa.and_then(|gpa| mode.reference_hpa(gpa));
                 unprotected_write = access.is_write() && gpa.is_some_and(|gpa| mode.write_protected(gpa));
+                foreign_frame = mode.foreign_frame(hpa);
                 self.result.checked += 1;
-                if expected != Some(hpa) || gpa.is_none() || unprotected_write {
+                if expected != Some(hpa) || gpa.is_none() || unprotected_write || foreign_frame {
                     self.result.mismatches += 1;
                 }
                 (gpa.map_or(Seen::Emulated, Seen::Gpa), Some(hpa), expected)
@@ -136,8 +140,9 @@ impl Verifier {
             hpa,
             expected_hpa,
             unprotected_write,
+            foreign_frame,
         };
-        let wrong = (hpa.is_some() && hpa != expected_hpa) || unprotected_write;
+        let wrong = (hpa.is_some() && hpa != expected_hpa) || unprotected_write || foreign_frame;
         if wrong && self.result.first_mismatch.is_none() {
             self.result.first_mismatch = Some(observed);
         }

@@ -58,6 +58,12 @@ pub trait Mode {
     /// run's memory grows with.
     fn stored_bytes(&self) -> u64;
 
+    /// Whether `hpa` backs another VM's memory (several VMs on one host): a guest must never
+    /// reach it.
+    fn foreign_frame(&self, _hpa: Hpa) -> bool {
+        false
+    }
+
     /// Whether the VMM keeps `gpa`'s frame write-protected (it holds a shadowed guest table):
     /// a guest write that completes there without a trap is a leak of the protection.
     fn write_protected(&self, _gpa: Gpa) -> bool {

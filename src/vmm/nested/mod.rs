@@ -169,6 +169,10 @@ impl<F: NestedFormat> Mode for Nested<F> {
         crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
     }
 
+    fn foreign_frame(&self, hpa: Hpa) -> bool {
+        self.host.owner_of(hpa).is_some_and(|vm| vm != self.host.vm())
+    }
+
     fn stored_bytes(&self) -> u64 {
         self.host.memory.stored_bytes()
     }

@@ -660,6 +660,10 @@ impl Mode for Shadow {
         self.is_protected(gpa.frame())
     }
 
+    fn foreign_frame(&self, hpa: Hpa) -> bool {
+        self.host.owner_of(hpa).is_some_and(|vm| vm != self.host.vm())
+    }
+
     fn stored_bytes(&self) -> u64 {
         self.host.memory.stored_bytes()
     }
