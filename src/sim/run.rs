@@ -238,21 +238,11 @@ pub fn run_vms(
         }
         ModeName::Ept => {
             let format = Ept { levels: config.nested_levels, ad: config.ept_ad, phys_bits: HOST_PHYS_BITS };
-            let vms = new_hosts(config, count)?
-                .into_iter()
-                .map(|(host, vpid)| Nested::new(format, host).map(|vm| (vm, vpid)))
-                .collect::<Result<_, _>>()
-                .map_err(KernelError::from)?;
-            run_with(vms, config, workloads, progress)?
+            run_nested(format, config, workloads, progress)?
         }
         ModeName::Npt => {
             let format = Npt { levels: config.nested_levels, phys_bits: HOST_PHYS_BITS };
-            let vms = new_hosts(config, count)?
-                .into_iter()
-                .map(|(host, vpid)| Nested::new(format, host).map(|vm| (vm, vpid)))
-                .collect::<Result<_, _>>()
-                .map_err(KernelError::from)?;
-            run_with(vms, config, workloads, progress)?
+            run_nested(format, config, workloads, progress)?
         }
         ModeName::Shadow => {
             let vms = new_hosts(config, count)?
@@ -302,6 +292,21 @@ pub fn new_hosts(config: &SimConfig, count: usize) -> Result<Vec<(Host, u16)>, S
         *vpid = u16::try_from(i + 1).unwrap_or(u16::MAX);
     }
     Ok(hosts)
+}
+
+/// One VM per workload under nested paging in `format`, all on one host.
+fn run_nested<F: crate::vmm::nested::NestedFormat + Copy>(
+    format: F,
+    config: &SimConfig,
+    workloads: &mut [&mut dyn Workload],
+    progress: &AtomicU64,
+) -> Result<RunParts, SimError> {
+    let vms = new_hosts(config, workloads.len().max(1))?
+        .into_iter()
+        .map(|(host, vpid)| Nested::new(format, host).map(|vm| (vm, vpid)))
+        .collect::<Result<_, _>>()
+        .map_err(KernelError::from)?;
+    run_with(vms, config, workloads, progress)
 }
 
 /// One guest: its vCPU and mode, its kernel, its first access (for `explain`).
