@@ -87,11 +87,17 @@ impl TlbArray {
     /// Looks `va` up as a page of `size`; on a hit the entry becomes most recently used.
     #[inline]
     pub fn lookup(&mut self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
-        let start = self.set_of(page_number(va, size));
+        let vpn = page_number(va, size);
+        let start = self.set_of(vpn);
         let set = &mut self.slots[start..start + self.ways];
         for way in 0..set.len() {
             match set[way] {
-                Some(entry) if entry.size == size && entry.matches(va, tag) => {
+                Some(entry)
+                    if entry.vpn == vpn
+                        && entry.size == size
+                        && entry.tag.vpid == tag.vpid
+                        && (entry.global || entry.tag.pcid == tag.pcid) =>
+                {
                     set[..=way].rotate_right(1);
                     return Some(entry);
                 }
