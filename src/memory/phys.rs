@@ -18,10 +18,74 @@ use crate::addr::{Hfn, Hpa, PAGE_BYTES};
 /// The entries of one frame.
 type FrameWords = Box<[u64; 512]>;
 
+/// Frames below this number are found by index, the rest through a hash map. Page-table
+/// frames come from the low end of every frame pool, so walks mostly index; the limit keeps
+/// the index (8 bytes per frame number up to the highest one used) small.
+const DENSE_FRAMES: u64 = 1 << 24;
+
+/// The frames holding bytes.
+#[derive(Default)]
+struct Frames {
+    /// Frames below [`DENSE_FRAMES`], by number; grown as higher ones are written.
+    dense: Vec<Option<FrameWords>>,
+    /// Frames from [`DENSE_FRAMES`] up.
+    sparse: FxHashMap<Hfn, FrameWords>,
+    /// Frames holding bytes.
+    count: usize,
+}
+
+impl Frames {
+    #[inline]
+    fn get(&self, frame: Hfn) -> Option<&FrameWords> {
+        let number = frame.number();
+        if number < DENSE_FRAMES {
+            usize::try_from(number).ok().and_then(|i| self.dense.get(i)).and_then(Option::as_ref)
+        } else {
+            self.sparse.get(&frame)
+        }
+    }
+
+    fn get_or_create(&mut self, frame: Hfn) -> &mut FrameWords {
+        let number = frame.number();
+        let index = usize::try_from(number).ok().filter(|_| number < DENSE_FRAMES);
+        match index {
+            Some(i) => {
+                if i >= self.dense.len() {
+                    self.dense.resize_with(i + 1, || None);
+                }
+                let slot = &mut self.dense[i];
+                if slot.is_none() {
+                    self.count += 1;
+                }
+                slot.get_or_insert_with(|| Box::new([0; 512]))
+            }
+            None => {
+                let count = &mut self.count;
+                self.sparse.entry(frame).or_insert_with(|| {
+                    *count += 1;
+                    Box::new([0; 512])
+                })
+            }
+        }
+    }
+
+    fn remove(&mut self, frame: Hfn) {
+        let number = frame.number();
+        let removed = if number < DENSE_FRAMES {
+            usize::try_from(number).ok().and_then(|i| self.dense.get_mut(i)).and_then(Option::take).is_some()
+        } else {
+            self.sparse.remove(&frame).is_some()
+        };
+        if removed {
+            self.count -= 1;
+        }
+    }
+}
+
 /// Sparse host physical memory.
 #[derive(Default)]
 pub struct PhysMemory {
-    frames: Rc<RefCell<FxHashMap<Hfn, FrameWords>>>,
+    frames: Rc<RefCell<Frames>>,
 }
 
 impl PhysMemory {
@@ -39,7 +103,7 @@ impl PhysMemory {
     /// aligned entry read would).
     #[inline]
     pub fn read_u64(&self, addr: Hpa) -> u64 {
-        match self.frames.borrow().get(&addr.frame()) {
+        match self.frames.borrow().get(addr.frame()) {
             Some(words) => words[word_index(addr)],
             None => 0,
         }
@@ -48,19 +112,17 @@ impl PhysMemory {
     /// Stores an 8-byte word, giving the frame storage if it had none.
     #[inline]
     pub fn write_u64(&mut self, addr: Hpa, value: u64) {
-        let mut frames = self.frames.borrow_mut();
-        let words = frames.entry(addr.frame()).or_insert_with(|| Box::new([0; 512]));
-        words[word_index(addr)] = value;
+        self.frames.borrow_mut().get_or_create(addr.frame())[word_index(addr)] = value;
     }
 
     /// Zeroes a frame and drops its storage.
     pub fn zero_frame(&mut self, frame: Hfn) {
-        self.frames.borrow_mut().remove(&frame);
+        self.frames.borrow_mut().remove(frame);
     }
 
     /// How many frames hold bytes.
     pub fn frames_with_storage(&self) -> usize {
-        self.frames.borrow().len()
+        self.frames.borrow().count
     }
 
     /// Bytes of frame storage held.
@@ -93,6 +155,21 @@ impl crate::paging::TableMemory<Hpa> for PhysMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn high_frames_use_the_map_and_count_alike() {
+        let mut mem = PhysMemory::new();
+        let high = Hpa::new(DENSE_FRAMES << 12 | 0x10);
+        mem.write_u64(high, 7);
+        mem.write_u64(Hpa::new(0x3000), 9);
+        mem.write_u64(Hpa::new(0x3008), 10);
+        assert_eq!((mem.read_u64(high), mem.read_u64(Hpa::new(0x3000))), (7, 9));
+        assert_eq!(mem.frames_with_storage(), 2);
+        mem.zero_frame(high.frame());
+        mem.zero_frame(Hfn::new(3));
+        mem.zero_frame(Hfn::new(3));
+        assert_eq!((mem.read_u64(high), mem.frames_with_storage()), (0, 0));
+    }
 
     #[test]
     fn sparse_words_round_trip() {
