@@ -42,26 +42,48 @@ pub trait Mode {
     /// ending in a translation or a fault the guest must see. Counts walk references.
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved;
 
+    /// The host this guest runs on as a VM (`None` on bare metal). The reference
+    /// composition, memory accounting and isolation checks below come from it.
+    fn vm_host(&self) -> Option<&Host> {
+        None
+    }
+
+    /// The host, mutably.
+    fn vm_host_mut(&mut self) -> Option<&mut Host> {
+        None
+    }
+
     /// The reference composition, first half: the guest-physical address the guest's own
     /// tables give `va` for `access` right now, read without side effects.
-    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa>;
+    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
+        let host = self.vm_host_mut()?;
+        let mut memory = GuestMemory::observer(host);
+        match walk(&mut memory, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave) {
+            WalkOutcome::Mapped(t) => Some(t.address(va)),
+            _ => None,
+        }
+    }
 
     /// The reference composition, second half: GPA -> HVA (memory slot) -> HPA (host tables),
-    /// without side effects. Natively the identity.
-    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa>;
+    /// without side effects.
+    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
+        self.vm_host_mut()?.backing_of(gpa).map(|(hpa, _)| hpa)
+    }
+
+    /// Bytes of simulated host memory holding data (page-table frames, in practice): what a
+    /// run's memory grows with.
+    fn stored_bytes(&self) -> u64 {
+        self.vm_host().map_or(0, |host| host.memory.stored_bytes())
+    }
 
     /// Translates `va` for `access` with every translation cache bypassed, recording each
     /// reference (for `explain`). VM exits on the way are handled as in a run.
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation;
 
-    /// Bytes of simulated host memory holding data (page-table frames, in practice): what a
-    /// run's memory grows with.
-    fn stored_bytes(&self) -> u64;
-
     /// Whether `hpa` backs another VM's memory (several VMs on one host): a guest must never
     /// reach it.
-    fn foreign_frame(&self, _hpa: Hpa) -> bool {
-        false
+    fn foreign_frame(&self, hpa: Hpa) -> bool {
+        self.vm_host().is_some_and(|host| host.owner_of(hpa).is_some_and(|vm| vm != host.vm()))
     }
 
     /// Whether the VMM keeps `gpa`'s frame write-protected (it holds a shadowed guest table):
@@ -73,15 +95,5 @@ pub trait Mode {
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {
         PageTableBytes::default()
-    }
-}
-
-/// The guest tables' answer for `va`, read through `host` without side effects: the first
-/// half of the reference composition for every virtualized mode.
-pub fn reference_gpa_through(host: &mut Host, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
-    let mut memory = GuestMemory::observer(host);
-    match walk(&mut memory, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave) {
-        WalkOutcome::Mapped(t) => Some(t.address(va)),
-        _ => None,
     }
 }

@@ -652,24 +652,16 @@ impl Mode for Shadow {
         self.apply_flush(vcpu);
     }
 
-    fn reference_gpa(&mut self, va: Gva, access: Access, vcpu: &Vcpu) -> Option<Gpa> {
-        crate::vmm::reference_gpa_through(&mut self.host, va, access, vcpu)
+    fn vm_host(&self) -> Option<&Host> {
+        Some(&self.host)
+    }
+
+    fn vm_host_mut(&mut self) -> Option<&mut Host> {
+        Some(&mut self.host)
     }
 
     fn write_protected(&self, gpa: Gpa) -> bool {
         self.is_protected(gpa.frame())
-    }
-
-    fn foreign_frame(&self, hpa: Hpa) -> bool {
-        self.host.owner_of(hpa).is_some_and(|vm| vm != self.host.vm())
-    }
-
-    fn stored_bytes(&self) -> u64 {
-        self.host.memory.stored_bytes()
-    }
-
-    fn reference_hpa(&mut self, gpa: Gpa) -> Option<Hpa> {
-        self.host.backing_of(gpa).map(|(hpa, _)| hpa)
     }
 
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
