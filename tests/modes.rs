@@ -8,7 +8,7 @@ use memvirt::addr::{PageSize, PagingLevels};
 use memvirt::sim::compare::compare;
 use memvirt::sim::{run, ModeName, RunReport, SimConfig};
 use memvirt::tlb::TlbConfig;
-use memvirt::workload::lackey::LackeyTrace;
+use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
 use memvirt::workload::Workload;
 
@@ -22,7 +22,7 @@ fn trace_path() -> std::path::PathBuf {
 }
 
 fn trace() -> Box<dyn Workload> {
-    Box::new(LackeyTrace::open(&trace_path(), 1).expect("fixture"))
+    open_trace(&trace_path(), 1).expect("fixture")
 }
 
 fn scenario(name: &str, params: &[(&str, &str)], page_size: PageSize) -> Box<dyn Workload> {

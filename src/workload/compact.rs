@@ -4,7 +4,6 @@
 //! fixed 16-byte little-endian records: address (8 bytes), size (4), kind (1), three reserved
 //! zero bytes. Fixed records read in large chunks with no per-record allocation.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -102,15 +101,6 @@ pub struct CompactTrace<R> {
     header_read: bool,
     spawned: bool,
     records: u64,
-}
-
-impl CompactTrace<File> {
-    /// Opens a compact trace file.
-    pub fn open(path: &Path, pid: Pid) -> Result<Self, WorkloadError> {
-        let file =
-            File::open(path).map_err(|source| WorkloadError::Io { path: path.to_path_buf(), source })?;
-        Ok(Self::from_reader(path, file, pid))
-    }
 }
 
 impl<R: Read> CompactTrace<R> {

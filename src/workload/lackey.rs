@@ -3,10 +3,9 @@
 //! Lines look like `I  04016b90,3` (instruction fetch), ` L 1ffefffd40,8` (load),
 //! ` S 1ffefffd38,8` (store) and ` M 0421fc58,4` (modify: one write access). Every other line
 //! (valgrind's `==pid==` banner, the program's own output) is ignored. The whole trace is one
-//! process whose every touched page is an anonymous read-write-execute mapping. A file that
-//! starts with the gzip magic bytes is decompressed as it is read.
+//! process whose every touched page is an anonymous read-write-execute mapping. Files are
+//! opened (and decompressed) by `workload::open::open_trace`.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -112,26 +111,6 @@ pub struct LackeyTrace<R> {
 }
 
 const CHUNK: usize = 1 << 20;
-
-/// The first two bytes of a gzip stream.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
-impl LackeyTrace<Box<dyn Read + Send>> {
-    /// Opens a trace file, plain or gzip-compressed; its accesses belong to process `pid`.
-    pub fn open(path: &Path, pid: Pid) -> Result<Self, WorkloadError> {
-        let io = |source| WorkloadError::Io { path: path.to_path_buf(), source };
-        let mut file = File::open(path).map_err(io)?;
-        let mut magic = [0u8; 2];
-        let got = file.read(&mut magic).map_err(io)?;
-        let file = std::io::Cursor::new(magic[..got].to_vec()).chain(file);
-        let reader: Box<dyn Read + Send> = if got == 2 && magic == GZIP_MAGIC {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
-        } else {
-            Box::new(file)
-        };
-        Ok(Self::from_reader(path, reader, pid))
-    }
-}
 
 impl<R: Read> LackeyTrace<R> {
     /// Reads a trace from any reader; `path` names it in errors.
