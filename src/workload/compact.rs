@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
+use crate::workload::chunks::Chunks;
 use crate::workload::lackey::MAX_ACCESS_BYTES;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -92,12 +93,8 @@ impl<W: Write + Seek> CompactWriter<W> {
 /// A compact trace read as a stream of operations for process `pid`.
 pub struct CompactTrace<R> {
     path: PathBuf,
-    reader: R,
+    chunks: Chunks<R>,
     pid: Pid,
-    buffer: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
     header_read: bool,
     spawned: bool,
     records: u64,
@@ -108,12 +105,8 @@ impl<R: Read> CompactTrace<R> {
     pub fn from_reader(path: &Path, reader: R, pid: Pid) -> Self {
         Self {
             path: path.to_path_buf(),
-            reader,
+            chunks: Chunks::new(reader, CHUNK_RECORDS * RECORD_BYTES),
             pid,
-            buffer: vec![0; CHUNK_RECORDS * RECORD_BYTES],
-            start: 0,
-            end: 0,
-            eof: false,
             header_read: false,
             spawned: false,
             records: 0,
@@ -126,25 +119,14 @@ impl<R: Read> CompactTrace<R> {
 
     /// Makes at least `want` bytes available, unless the input ends first.
     fn fill(&mut self, want: usize) -> Result<(), WorkloadError> {
-        while self.end - self.start < want && !self.eof {
-            if self.start > 0 {
-                self.buffer.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            match self.reader.read(&mut self.buffer[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(read) => self.end += read,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(WorkloadError::Io { path: self.path.clone(), source }),
-            }
-        }
-        Ok(())
+        let path = &self.path;
+        self.chunks.fill(want).map_err(|source| WorkloadError::Io { path: path.clone(), source })
     }
 
     fn read_header(&mut self) -> Result<(), WorkloadError> {
         self.fill(HEADER_BYTES)?;
-        let header = &self.buffer[self.start..self.end.min(self.start + HEADER_BYTES)];
+        let available = self.chunks.available();
+        let header = &available[..available.len().min(HEADER_BYTES)];
         let error = |message: &str| WorkloadError::Record {
             path: self.path.clone(),
             record: 0,
@@ -160,22 +142,23 @@ impl<R: Read> CompactTrace<R> {
                 "compact trace version {version} with {record_bytes}-byte records; this memvirt reads version {VERSION} with {RECORD_BYTES}-byte records"
             )));
         }
-        self.start += HEADER_BYTES;
+        self.chunks.consume(HEADER_BYTES);
         self.header_read = true;
         Ok(())
     }
 
     fn next_record(&mut self) -> Result<Option<(AccessKind, u64, u32)>, WorkloadError> {
-        if self.end - self.start < RECORD_BYTES {
+        if self.chunks.available().len() < RECORD_BYTES {
             self.fill(RECORD_BYTES)?;
-            if self.end == self.start {
+            let left = self.chunks.available().len();
+            if left == 0 {
                 return Ok(None);
             }
-            if self.end - self.start < RECORD_BYTES {
-                return Err(self.bad(format!("truncated: {} of {RECORD_BYTES} bytes", self.end - self.start)));
+            if left < RECORD_BYTES {
+                return Err(self.bad(format!("truncated: {left} of {RECORD_BYTES} bytes")));
             }
         }
-        let bytes = &self.buffer[self.start..self.start + RECORD_BYTES];
+        let bytes = &self.chunks.available()[..RECORD_BYTES];
         let mut address = [0u8; 8];
         address.copy_from_slice(&bytes[..8]);
         let address = u64::from_le_bytes(address);
@@ -197,7 +180,7 @@ impl<R: Read> CompactTrace<R> {
         if !(1..=MAX_ACCESS_BYTES).contains(&size) {
             return Err(self.bad(format!("access size {size}; expected 1 to {MAX_ACCESS_BYTES}")));
         }
-        self.start += RECORD_BYTES;
+        self.chunks.consume(RECORD_BYTES);
         self.records += 1;
         Ok(Some((kind, address, size)))
     }

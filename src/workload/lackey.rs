@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
+use crate::workload::chunks::Chunks;
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// The largest access size accepted on a line, in bytes.
@@ -99,12 +100,8 @@ fn parse_decimal(digits: &[u8]) -> Option<u32> {
 /// trace).
 pub struct LackeyTrace<R> {
     path: PathBuf,
-    reader: R,
+    chunks: Chunks<R>,
     pid: Pid,
-    buffer: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
     line: u64,
     spawned: bool,
     accesses: u64,
@@ -117,56 +114,11 @@ impl<R: Read> LackeyTrace<R> {
     pub fn from_reader(path: &Path, reader: R, pid: Pid) -> Self {
         Self {
             path: path.to_path_buf(),
-            reader,
+            chunks: Chunks::new(reader, CHUNK),
             pid,
-            buffer: vec![0; CHUNK],
-            start: 0,
-            end: 0,
-            eof: false,
             line: 0,
             spawned: false,
             accesses: 0,
-        }
-    }
-
-    /// The next full line, or `None` at the end of input.
-    fn next_line(&mut self) -> Result<Option<(usize, usize)>, WorkloadError> {
-        loop {
-            if let Some(newline) = memchr::memchr(b'\n', &self.buffer[self.start..self.end]) {
-                let line = (self.start, self.start + newline);
-                self.start += newline + 1;
-                self.line += 1;
-                return Ok(Some(line));
-            }
-            if self.eof {
-                if self.start < self.end {
-                    let line = (self.start, self.end);
-                    self.start = self.end;
-                    self.line += 1;
-                    return Ok(Some(line));
-                }
-                return Ok(None);
-            }
-            // Move the partial line to the front and refill.
-            self.buffer.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buffer.len() {
-                // A line longer than the buffer: grow (a pathological input, not a trace).
-                let grown = self.buffer.len() * 2;
-                self.buffer.resize(grown, 0);
-            }
-            let read = loop {
-                match self.reader.read(&mut self.buffer[self.end..]) {
-                    Ok(read) => break read,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(source) => return Err(WorkloadError::Io { path: self.path.clone(), source }),
-                }
-            };
-            if read == 0 {
-                self.eof = true;
-            }
-            self.end += read;
         }
     }
 }
@@ -177,16 +129,21 @@ impl<R: Read + Send> Workload for LackeyTrace<R> {
             self.spawned = true;
             return Ok(Some(Op::Spawn { pid: self.pid, anywhere: true }));
         }
-        while let Some((from, to)) = self.next_line()? {
-            let parsed = parse_line(&self.buffer[from..to]).map_err(|message| WorkloadError::Parse {
-                path: self.path.clone(),
-                line: self.line,
+        let path = &self.path;
+        while let Some(line) =
+            self.chunks.next_line().map_err(|source| WorkloadError::Io { path: path.clone(), source })?
+        {
+            self.line += 1;
+            let number = self.line;
+            let parsed = parse_line(line).map_err(|message| WorkloadError::Parse {
+                path: path.clone(),
+                line: number,
                 message,
             })?;
             if let Some(record) = parsed {
                 let va = Gva::try_new(record.address).map_err(|e| WorkloadError::Parse {
-                    path: self.path.clone(),
-                    line: self.line,
+                    path: path.clone(),
+                    line: number,
                     message: e.to_string(),
                 })?;
                 self.accesses += 1;

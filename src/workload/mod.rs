@@ -1,6 +1,7 @@
 //! What drives the guest: builtin scenarios and real programs' memory traces, both as a stream
 //! of [`Op`]s.
 
+pub mod chunks;
 pub mod compact;
 pub mod lackey;
 pub mod open;
