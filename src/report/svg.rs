@@ -118,6 +118,12 @@ impl Canvas {
         );
     }
 
+    /// A picture's title and the line that explains it.
+    fn heading(&mut self, title: &str, subtitle: &str) {
+        self.text(MARGIN, 28, Font::Title, "#222", "start", title);
+        self.text(MARGIN, 50, Font::Sans, "#444", "start", subtitle);
+    }
+
     fn text(&mut self, x: i32, y: i32, font: Font, fill: &str, anchor: &str, content: &str) {
         let (family, size, weight) = font.attributes();
         let _ = writeln!(
@@ -467,19 +473,11 @@ pub(crate) fn native_picture(e: &Explanation, prefix: &str) -> String {
         return note_picture(&title, "The walk made no memory reference (nothing to draw).", prefix);
     }
     let mut c = Canvas::new(prefix);
-    c.text(MARGIN, 28, Font::Title, "#222", "start", &title);
-    c.text(
-        MARGIN,
-        50,
-        Font::Sans,
-        "#444",
-        "start",
-        &format!(
+    c.heading(&title, &format!(
             "The {} of GVA {} with every translation cache cold: each level's entry is read from memory; numbers give the order.",
             access_text(e),
             e.gva
-        ),
-    );
+        ));
     let end = end_box(e, &e.refs, e.hpa.map(|h| h.as_u64()), "PA");
     let boxes = chain_boxes(e, &e.refs, GUEST, Shown::Hpa, ("CR3", ""), Some(""), Some(end));
     draw_chain(&mut c, 76, &boxes, GUEST.stroke);
@@ -501,19 +499,11 @@ pub(crate) fn shadow_picture(
         return note_picture(&title, "The shadow walk made no memory reference (nothing to draw).", prefix);
     }
     let mut c = Canvas::new(prefix);
-    c.text(MARGIN, 28, Font::Title, "#222", "start", &title);
-    c.text(
-        MARGIN,
-        50,
-        Font::Sans,
-        "#444",
-        "start",
-        &format!(
+    c.heading(&title, &format!(
             "The {} of GVA {}: the VMM merges GVA → GPA (guest tables) with GPA → HPA into shadow tables that map GVA → HPA.",
             access_text(e),
             e.gva
-        ),
-    );
+        ));
     // The guest tables: the VMM's own software walk if it made one, else borrowed ones.
     let (guest_refs, shown, guest_note, badges): (&[WalkRef], Shown, String, Option<&str>) = if !e
         .vmm_refs
@@ -671,19 +661,11 @@ pub(crate) fn nested_picture(e: &Explanation, prefix: &str) -> String {
     }
     let columns = usize::from(nested_levels) + 1;
     let mut c = Canvas::new(prefix);
-    c.text(MARGIN, 28, Font::Title, "#222", "start", &title);
-    c.text(
-        MARGIN,
-        50,
-        Font::Sans,
-        "#444",
-        "start",
-        &format!(
+    c.heading(&title, &format!(
             "The {} of GVA {}: every guest-physical address the guest walk needs (rows) is translated through the {nested_name} tables (columns) first.",
             access_text(e),
             e.gva
-        ),
-    );
+        ));
     let grid_x = MARGIN + HEADER_W + 16;
     let cell_x = |column: usize| grid_x + coord(column) * (CELL_W + CELL_GAP_X);
     let header_y = 74;
