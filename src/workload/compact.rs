@@ -11,6 +11,7 @@ use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
 use crate::workload::chunks::Chunks;
+use crate::workload::feed::BATCH_OPS;
 use crate::workload::lackey::MAX_ACCESS_BYTES;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -147,65 +148,110 @@ impl<R: Read> CompactTrace<R> {
         Ok(())
     }
 
-    fn next_record(&mut self) -> Result<Option<(AccessKind, u64, u32)>, WorkloadError> {
-        if self.chunks.available().len() < RECORD_BYTES {
-            self.fill(RECORD_BYTES)?;
-            let left = self.chunks.available().len();
-            if left == 0 {
-                return Ok(None);
-            }
-            if left < RECORD_BYTES {
-                return Err(self.bad(format!("truncated: {left} of {RECORD_BYTES} bytes")));
-            }
+    /// Makes at least one record's bytes available; `false` at the end of the input.
+    fn ensure_record(&mut self) -> Result<bool, WorkloadError> {
+        if self.chunks.available().len() >= RECORD_BYTES {
+            return Ok(true);
         }
-        let bytes = &self.chunks.available()[..RECORD_BYTES];
-        let mut address = [0u8; 8];
-        address.copy_from_slice(&bytes[..8]);
-        let address = u64::from_le_bytes(address);
-        let size = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        let (code, reserved) = (bytes[12], [bytes[13], bytes[14], bytes[15]]);
-        let kind = match code {
-            0 => AccessKind::Fetch,
-            1 => AccessKind::Read,
-            2 => AccessKind::Write,
-            other => {
-                return Err(
-                    self.bad(format!("unknown access kind {other} (expected 0 fetch, 1 read, 2 write)"))
-                )
+        self.fill(RECORD_BYTES)?;
+        match self.chunks.available().len() {
+            0 => Ok(false),
+            left if left < RECORD_BYTES => {
+                Err(self.bad(format!("truncated: {left} of {RECORD_BYTES} bytes")))
             }
-        };
-        if reserved != [0, 0, 0] {
-            return Err(self.bad("reserved bytes 13-15 are not zero".into()));
+            _ => Ok(true),
         }
-        if !(1..=MAX_ACCESS_BYTES).contains(&size) {
-            return Err(self.bad(format!("access size {size}; expected 1 to {MAX_ACCESS_BYTES}")));
-        }
-        self.chunks.consume(RECORD_BYTES);
-        self.records += 1;
-        Ok(Some((kind, address, size)))
     }
+
+    /// The end of the trace: an error if it held no record.
+    fn end(&self) -> Result<(), WorkloadError> {
+        if self.records == 0 {
+            Err(WorkloadError::Empty { path: self.path.clone() })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Decodes the whole records available, at most `room` of them, into `out`; stops at the
+    /// first malformed one with its error.
+    fn decode_available(&mut self, out: &mut Vec<Op>, room: usize) -> Result<(), WorkloadError> {
+        let pid = self.pid;
+        let available = self.chunks.available();
+        let whole = (available.len() / RECORD_BYTES).min(room);
+        let mut decoded = 0;
+        let mut failure = None;
+        for bytes in available[..whole * RECORD_BYTES].chunks_exact(RECORD_BYTES) {
+            match decode(bytes) {
+                Ok((kind, va, size)) => out.push(Op::Access { pid, va, kind, size }),
+                Err(message) => {
+                    failure = Some(message);
+                    break;
+                }
+            }
+            decoded += 1;
+        }
+        self.chunks.consume(decoded * RECORD_BYTES);
+        self.records += decoded as u64;
+        match failure {
+            Some(message) => Err(self.bad(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One record's access, or what is wrong with it.
+#[inline]
+fn decode(bytes: &[u8]) -> Result<(AccessKind, Gva, u32), String> {
+    let mut address = [0u8; 8];
+    address.copy_from_slice(&bytes[..8]);
+    let address = u64::from_le_bytes(address);
+    let size = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let kind = match bytes[12] {
+        0 => AccessKind::Fetch,
+        1 => AccessKind::Read,
+        2 => AccessKind::Write,
+        other => return Err(format!("unknown access kind {other} (expected 0 fetch, 1 read, 2 write)")),
+    };
+    if bytes[13..16] != [0, 0, 0] {
+        return Err("reserved bytes 13-15 are not zero".into());
+    }
+    if !(1..=MAX_ACCESS_BYTES).contains(&size) {
+        return Err(format!("access size {size}; expected 1 to {MAX_ACCESS_BYTES}"));
+    }
+    let va = Gva::try_new(address).map_err(|e| e.to_string())?;
+    Ok((kind, va, size))
 }
 
 impl<R: Read + Send> Workload for CompactTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        let mut one = Vec::with_capacity(1);
+        self.fill_batch(&mut one, 1)?;
+        Ok(one.pop())
+    }
+
+    fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
+        self.fill_batch(out, BATCH_OPS)
+    }
+}
+
+impl<R: Read> CompactTrace<R> {
+    /// Replaces `out` with up to `most` operations: the process's creation first, then one
+    /// access per record.
+    fn fill_batch(&mut self, out: &mut Vec<Op>, most: usize) -> Result<(), WorkloadError> {
+        out.clear();
         if !self.header_read {
             self.read_header()?;
         }
         if !self.spawned {
             self.spawned = true;
-            return Ok(Some(Op::Spawn { pid: self.pid, anywhere: true }));
+            out.push(Op::Spawn { pid: self.pid, anywhere: true });
         }
-        match self.next_record()? {
-            Some((kind, address, size)) => {
-                let va = Gva::try_new(address).map_err(|e| WorkloadError::Record {
-                    path: self.path.clone(),
-                    record: self.records,
-                    message: e.to_string(),
-                })?;
-                Ok(Some(Op::Access { pid: self.pid, va, kind, size }))
+        while out.len() < most {
+            if !self.ensure_record()? {
+                return self.end();
             }
-            None if self.records == 0 => Err(WorkloadError::Empty { path: self.path.clone() }),
-            None => Ok(None),
+            self.decode_available(out, most - out.len())?;
         }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod chunks;
 pub mod compact;
+pub mod feed;
 pub mod lackey;
 pub mod open;
 pub mod programs;
@@ -111,6 +112,20 @@ pub enum Op {
 pub trait Workload: Send {
     /// The next operation, `Ok(None)` at the end.
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError>;
+
+    /// Replaces the contents of `out` with the next operations, at most
+    /// [`feed::BATCH_OPS`]; empty at the end. On an error, `out` holds the operations that
+    /// came before it. Readers that can decode many records at once override this.
+    fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
+        out.clear();
+        while out.len() < feed::BATCH_OPS {
+            match self.next_op()? {
+                Some(op) => out.push(op),
+                None => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A workload that cannot be read or built.
