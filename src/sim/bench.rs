@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::sim::compare::WorkloadFactory;
 use crate::sim::run::{run, ModeName, SimConfig, SimError};
+use crate::workload::feed::Feed;
 use crate::workload::Op;
 
 /// One mode's throughput on one workload.
@@ -43,10 +44,11 @@ pub struct WorkloadSpeed {
 /// Returns (accesses, seconds).
 pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
     let mut workload = factory()?;
+    let mut feed = Feed::new(workload.as_mut());
     let mut pages: FxHashMap<(u32, u64), u32> = FxHashMap::default();
     let start = Instant::now();
     let mut accesses = 0u64;
-    while let Some(op) = workload.next_op()? {
+    while let Some(op) = feed.next()? {
         if let Op::Access { pid, va, .. } = op {
             accesses += 1;
             *pages.entry((pid, va.vpn())).or_insert(0) += 1;

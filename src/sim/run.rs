@@ -17,6 +17,7 @@ use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
 use crate::vmm::{Ept, Mode, Native, Nested, Npt, Shadow, ShadowConfig};
+use crate::workload::feed::Feed;
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// How many times one access is retried after the guest handled a fault before the run
@@ -328,107 +329,57 @@ fn run_with<M: Mode>(
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }
+    let mut feeds: Vec<Feed<'_>> = workloads.iter_mut().map(|w| Feed::new(&mut **w)).collect();
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut total_accesses = 0u64;
     let mut interrupted = false;
-    // Accesses left before the counters start (+1: the reset happens before the next one).
-    let mut warmup_left = if config.warmup > 0 { config.warmup + 1 } else { 0 };
-    let mut live: Vec<bool> = vec![true; guests.len()];
+    let mut warming_up = config.warmup > 0;
+    let mut ended = vec![false; guests.len()];
+    let shared = guests.len() > 1;
     let (mut turn, mut used) = (0usize, 0u64);
-    while live.iter().any(|l| *l) {
-        if !live[turn] {
+    // Slices of one VM's operations, between the points where something outside that VM
+    // happens: the end of the warm-up, a progress report, another VM's turn.
+    while ended.iter().any(|e| !e) {
+        if ended[turn] {
             turn = (turn + 1) % guests.len();
             continue;
         }
-        let Some(op) = workloads[turn].next_op()? else {
-            live[turn] = false;
+        // The warm-up's end: the counters restart right before the next access.
+        let restart = warming_up && total_accesses == config.warmup;
+        let mut budget = PROGRESS_EVERY - total_accesses % PROGRESS_EVERY;
+        if warming_up && !restart {
+            budget = budget.min(config.warmup - total_accesses);
+        }
+        if shared {
+            budget = budget.min(VM_QUANTUM - used);
+        }
+        let (done, end) = run_slice(&mut guests[turn], &mut feeds[turn], &mut verifier, budget, restart)?;
+        total_accesses += done;
+        used += done;
+        match end {
+            SliceEnd::Ended => ended[turn] = true,
+            SliceEnd::StartMeasuring => guests.iter_mut().for_each(start_measuring),
+            SliceEnd::WarmedUp => {
+                warming_up = false;
+                guests.iter_mut().for_each(start_measuring);
+            }
+            SliceEnd::Budget => {}
+        }
+        if done > 0 && total_accesses % PROGRESS_EVERY == 0 {
+            progress.store(total_accesses, Ordering::Relaxed);
+            // VMs on one host share its memory: the largest view is the whole.
+            let used_bytes = guests[turn].machine.mode.stored_bytes();
+            if used_bytes > config.max_host_memory {
+                return Err(SimError::MemoryLimit { used: used_bytes, limit: config.max_host_memory });
+            }
+            if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                interrupted = true;
+                break;
+            }
+        }
+        if ended[turn] || (shared && used >= VM_QUANTUM) {
             used = 0;
-            continue;
-        };
-        let guest = &mut guests[turn];
-        let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
-        match op {
-            Op::Spawn { pid, anywhere } => kernel.spawn(machine, pid, anywhere)?,
-            Op::Map { pid, region } => kernel.add_region(pid, region)?,
-            Op::Munmap { pid, start, len } => {
-                kernel.switch_to(machine, pid)?;
-                kernel.munmap(machine, pid, start, len)?;
-            }
-            Op::Mprotect { pid, start, len, prot } => {
-                kernel.switch_to(machine, pid)?;
-                kernel.mprotect(machine, pid, start, len, prot)?;
-            }
-            Op::Fork { parent, child } => {
-                kernel.switch_to(machine, parent)?;
-                kernel.fork(machine, parent, child)?;
-            }
-            Op::Exec { pid } => {
-                kernel.switch_to(machine, pid)?;
-                kernel.exec(machine, pid)?;
-            }
-            Op::Exit { pid } => {
-                kernel.switch_to(machine, pid)?;
-                kernel.exit(machine, pid)?;
-            }
-            Op::Poke { pid, va, level, value } => {
-                kernel.switch_to(machine, pid)?;
-                kernel.poke(machine, pid, va, level, value)?;
-            }
-            Op::SetRoot { pid, root } => kernel.set_root(machine, pid, Gpa::new(root))?,
-            Op::StartMeasuring => guests.iter_mut().for_each(start_measuring),
-            Op::Access { pid, va, kind, size } => {
-                if warmup_left > 0 {
-                    warmup_left -= 1;
-                    if warmup_left == 0 {
-                        guests.iter_mut().for_each(start_measuring);
-                    }
-                }
-                let guest = &mut guests[turn];
-                let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
-                kernel.switch_to(machine, pid)?;
-                machine.vcpu.stats.accesses += 1;
-                total_accesses += 1;
-                if total_accesses % PROGRESS_EVERY == 0 {
-                    progress.store(total_accesses, Ordering::Relaxed);
-                    // VMs on one host share its memory: the largest view is the whole.
-                    let used_bytes = machine.mode.stored_bytes();
-                    if used_bytes > config.max_host_memory {
-                        return Err(SimError::MemoryLimit {
-                            used: used_bytes,
-                            limit: config.max_host_memory,
-                        });
-                    }
-                    if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-                        interrupted = true;
-                        break;
-                    }
-                }
-                let access = Access::new(kind, Privilege::User);
-                if guest.first_access.is_none() {
-                    guest.first_access = Some((va, access));
-                }
-                let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
-                let mut page = va;
-                loop {
-                    access_page(machine, kernel, &mut verifier, pid, page, access)?;
-                    let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
-                    if next > last {
-                        break;
-                    }
-                    match Gva::try_new(next) {
-                        Ok(va) => page = va,
-                        Err(_) => {
-                            machine.vcpu.stats.general_protection += 1;
-                            break;
-                        }
-                    }
-                }
-                used += 1;
-                if guests.len() > 1 && used >= VM_QUANTUM {
-                    used = 0;
-                    turn = (turn + 1) % guests.len();
-                }
-            }
+            turn = (turn + 1) % guests.len();
         }
     }
     let mut total = Stats::default();
@@ -474,6 +425,144 @@ fn guest_stats<M: Mode>(guest: &Guest<M>) -> Stats {
 fn start_measuring<M: Mode>(guest: &mut Guest<M>) {
     guest.machine.vcpu.reset_counters();
     guest.kernel.reset_counters();
+}
+
+/// Why a slice of one VM's operations ended.
+enum SliceEnd {
+    /// It did as many accesses as it was allowed.
+    Budget,
+    /// The workload marked the start of measuring: every VM's counters restart.
+    StartMeasuring,
+    /// The next access is the first after the warm-up: every VM's counters restart.
+    WarmedUp,
+    /// The workload has no more operations.
+    Ended,
+}
+
+/// Carries out `guest`'s operations from `feed` until `budget` accesses are done (at least
+/// one) or the workload ends or starts measuring; with `warmed_up`, stops before the first
+/// access. Returns the accesses done and why it stopped. This is the hot loop of every run.
+fn run_slice<M: Mode>(
+    guest: &mut Guest<M>,
+    feed: &mut Feed<'_>,
+    verifier: &mut Verifier,
+    budget: u64,
+    warmed_up: bool,
+) -> Result<(u64, SliceEnd), SimError> {
+    let mut done = 0;
+    while done < budget {
+        let Some(op) = feed.next()? else { return Ok((done, SliceEnd::Ended)) };
+        let Op::Access { pid, va, kind, size } = op else {
+            if op == Op::StartMeasuring {
+                return Ok((done, SliceEnd::StartMeasuring));
+            }
+            apply(guest, op)?;
+            continue;
+        };
+        if warmed_up {
+            feed.unread();
+            return Ok((done, SliceEnd::WarmedUp));
+        }
+        let access_kind = Access::new(kind, Privilege::User);
+        if verifier.enabled() || !guest.repeat_hit(pid, va, access_kind, size) {
+            access(guest, verifier, pid, va, access_kind, size)?;
+        }
+        done += 1;
+    }
+    Ok((done, SliceEnd::Budget))
+}
+
+impl<M: Mode> Guest<M> {
+    /// The common case done inline: a one-page access by the running process that repeats
+    /// the TLB's last hit. `false` (with nothing changed) leaves the access to [`access`].
+    #[inline]
+    fn repeat_hit(&mut self, pid: Pid, va: Gva, access: Access, size: u32) -> bool {
+        let one_page = va.page_offset(PageSize::Size4K) + u64::from(size.max(1)) <= PAGE_BYTES;
+        if !one_page
+            || self.kernel.current() != Some(pid)
+            || self.machine.vcpu.repeat_hit(va, access).is_none()
+        {
+            return false;
+        }
+        self.machine.vcpu.stats.accesses += 1;
+        true
+    }
+}
+
+/// Carries out an operation of the workload other than an access or the start of measuring.
+fn apply<M: Mode>(guest: &mut Guest<M>, op: Op) -> Result<(), SimError> {
+    let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
+    match op {
+        Op::Spawn { pid, anywhere } => kernel.spawn(machine, pid, anywhere)?,
+        Op::Map { pid, region } => kernel.add_region(pid, region)?,
+        Op::Munmap { pid, start, len } => {
+            kernel.switch_to(machine, pid)?;
+            kernel.munmap(machine, pid, start, len)?;
+        }
+        Op::Mprotect { pid, start, len, prot } => {
+            kernel.switch_to(machine, pid)?;
+            kernel.mprotect(machine, pid, start, len, prot)?;
+        }
+        Op::Fork { parent, child } => {
+            kernel.switch_to(machine, parent)?;
+            kernel.fork(machine, parent, child)?;
+        }
+        Op::Exec { pid } => {
+            kernel.switch_to(machine, pid)?;
+            kernel.exec(machine, pid)?;
+        }
+        Op::Exit { pid } => {
+            kernel.switch_to(machine, pid)?;
+            kernel.exit(machine, pid)?;
+        }
+        Op::Poke { pid, va, level, value } => {
+            kernel.switch_to(machine, pid)?;
+            kernel.poke(machine, pid, va, level, value)?;
+        }
+        Op::SetRoot { pid, root } => kernel.set_root(machine, pid, Gpa::new(root))?,
+        Op::StartMeasuring | Op::Access { .. } => {
+            return Err(SimError::Internal(format!("{op:?} is not carried out by apply")))
+        }
+    }
+    Ok(())
+}
+
+/// One access of `size` bytes at `va` by `pid`: every 4 KiB page it touches is translated.
+#[inline(never)]
+fn access<M: Mode>(
+    guest: &mut Guest<M>,
+    verifier: &mut Verifier,
+    pid: Pid,
+    va: Gva,
+    access: Access,
+    size: u32,
+) -> Result<(), SimError> {
+    let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
+    kernel.switch_to(machine, pid)?;
+    machine.vcpu.stats.accesses += 1;
+    if guest.first_access.is_none() {
+        guest.first_access = Some((va, access));
+    }
+    let bytes = u64::from(size.max(1));
+    if va.page_offset(PageSize::Size4K) + bytes <= PAGE_BYTES {
+        return access_page(machine, kernel, verifier, pid, va, access);
+    }
+    let last = va.as_u64().saturating_add(bytes - 1);
+    let mut page = va;
+    loop {
+        access_page(machine, kernel, verifier, pid, page, access)?;
+        let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
+        if next > last {
+            return Ok(());
+        }
+        match Gva::try_new(next) {
+            Ok(va) => page = va,
+            Err(_) => {
+                machine.vcpu.stats.general_protection += 1;
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// One page translation of an access, with the guest's fault handling and retries.

@@ -58,6 +58,9 @@ pub fn page_number(va: Gva, size: PageSize) -> u64 {
 pub struct TlbArray {
     sets: usize,
     ways: usize,
+    /// `sets - 1` when the set count is a power of two (the usual case): a mask instead of
+    /// a division on every lookup.
+    set_mask: Option<u64>,
     /// Entries of set `s` live at `s * ways ..`, the first `len[s]` of them valid, MRU first.
     slots: Vec<Option<TlbEntry>>,
 }
@@ -67,7 +70,8 @@ impl TlbArray {
     pub fn new(sets: usize, ways: usize) -> Self {
         let sets = sets.max(1);
         let ways = ways.max(1);
-        Self { sets, ways, slots: vec![None; sets * ways] }
+        let set_mask = sets.is_power_of_two().then(|| sets as u64 - 1);
+        Self { sets, ways, set_mask, slots: vec![None; sets * ways] }
     }
 
     /// Number of entries.
@@ -77,10 +81,10 @@ impl TlbArray {
 
     #[inline]
     fn set_of(&self, vpn: u64) -> usize {
-        // vpn mod sets; a mask when the set count is a power of two (the usual case), since a
-        // division on every lookup is measurable.
-        let sets = self.sets as u64;
-        let set = if sets.is_power_of_two() { vpn & (sets - 1) } else { vpn % sets };
+        let set = match self.set_mask {
+            Some(mask) => vpn & mask,
+            None => vpn % self.sets as u64,
+        };
         usize::try_from(set).unwrap_or(0) * self.ways
     }
 
@@ -98,7 +102,9 @@ impl TlbArray {
                         && entry.tag.vpid == tag.vpid
                         && (entry.global || entry.tag.pcid == tag.pcid) =>
                 {
-                    set[..=way].rotate_right(1);
+                    if way > 0 {
+                        set[..=way].rotate_right(1);
+                    }
                     return Some(entry);
                 }
                 Some(_) => {}

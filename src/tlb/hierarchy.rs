@@ -120,6 +120,17 @@ pub struct TlbLevelStats {
     pub misses: u64,
 }
 
+/// The last first-level hit on one side (data or fetch): the page looked up, under which
+/// tag, and the entry found. Until anything else touches that side's arrays, a lookup of the
+/// same page finds the same entry, already most recently used, so it changes nothing and can
+/// be answered from here.
+#[derive(Clone, Copy, Debug)]
+struct LastHit {
+    vpn: u64,
+    tag: TlbTag,
+    entry: TlbEntry,
+}
+
 /// A vCPU's TLBs.
 #[derive(Clone, Debug)]
 pub struct Tlb {
@@ -129,6 +140,8 @@ pub struct Tlb {
     /// Only the unified level exists (`TlbConfig::Single`): its hits count as L1 hits.
     single: bool,
     stats: TlbLevelStats,
+    /// The last hit per side ([`Tlb::side`]); `None` after any change to that side.
+    last: [Option<LastHit>; 2],
 }
 
 impl Tlb {
@@ -142,6 +155,7 @@ impl Tlb {
                 l2: Level { k4: array(1536, 12), m2: None, g1: array(16, 4), m2_in_k4: true },
                 single: false,
                 stats: TlbLevelStats::default(),
+                last: [None; 2],
             },
             TlbConfig::Single { entries, ways } => Self {
                 l1i: Level::default(),
@@ -149,14 +163,52 @@ impl Tlb {
                 l2: Level { k4: array(entries, ways), ..Level::default() },
                 single: true,
                 stats: TlbLevelStats::default(),
+                last: [None; 2],
             },
         }
+    }
+
+    /// Which [`LastHit`] slot a lookup uses: one per L1 side, one in all for the single
+    /// level (where fetches and data share the array, so either can reorder a set).
+    #[inline]
+    fn side(&self, fetch: bool) -> usize {
+        usize::from(fetch && !self.single)
+    }
+
+    /// The entry a lookup of `va` would find if it repeats the last hit on its side: a
+    /// look without effects; [`Tlb::count_repeat_hit`] then counts it as the hit it is.
+    #[inline]
+    pub fn repeat_of_last_hit(&self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbEntry> {
+        match self.last[self.side(fetch)] {
+            Some(last) if last.vpn == va.vpn() && last.tag == tag => Some(last.entry),
+            _ => None,
+        }
+    }
+
+    /// Counts a lookup [`Tlb::repeat_of_last_hit`] answered: an L1 hit that changes nothing.
+    #[inline]
+    pub fn count_repeat_hit(&mut self) {
+        self.stats.l1_hits += 1;
     }
 
     /// Looks up the translation of `va`; a fetch uses the iTLB, data the dTLB. An L2 hit is
     /// copied into L1. Counts the lookup.
     #[inline]
     pub fn lookup(&mut self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbHit> {
+        if let Some(entry) = self.repeat_of_last_hit(va, fetch, tag) {
+            self.count_repeat_hit();
+            return Some(TlbHit { entry, level: 1 });
+        }
+        let hit = self.lookup_arrays(va, fetch, tag);
+        self.last[self.side(fetch)] = match hit {
+            Some(TlbHit { entry, level: 1 }) => Some(LastHit { vpn: va.vpn(), tag, entry }),
+            _ => None,
+        };
+        hit
+    }
+
+    /// A lookup through the arrays themselves.
+    fn lookup_arrays(&mut self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbHit> {
         let l1 = if fetch { &mut self.l1i } else { &mut self.l1d };
         if let Some(entry) = l1.lookup(va, tag) {
             self.stats.l1_hits += 1;
@@ -177,6 +229,7 @@ impl Tlb {
 
     /// Fills both levels with a translation a walk produced for `va`.
     pub fn insert(&mut self, entry: TlbEntry, va: Gva, fetch: bool) {
+        self.last = [None; 2];
         self.l2.insert(entry, va);
         if fetch {
             self.l1i.insert(entry, va);
@@ -209,12 +262,14 @@ impl Tlb {
     }
 
     fn remove_page(&mut self, va: Gva, mut hit: impl FnMut(&TlbEntry) -> bool) {
+        self.last = [None; 2];
         self.l1i.remove_page(va, &mut hit);
         self.l1d.remove_page(va, &mut hit);
         self.l2.remove_page(va, &mut hit);
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
+        self.last = [None; 2];
         self.l1i.retain(&mut keep);
         self.l1d.retain(&mut keep);
         self.l2.retain(&mut keep);
@@ -289,5 +344,71 @@ mod tests {
         tlb.invlpg(g, TlbTag { vpid: 0, pcid: 9 });
         assert!(tlb.lookup(g, false, a).is_none());
         assert_eq!(tlb.occupancy(), 0);
+    }
+
+    /// The last-hit shortcut must be invisible: a TLB answering repeats from it and one that
+    /// always searches its arrays agree on every result, every count and every entry, over
+    /// random mixes of lookups (mostly repeats), fills, invalidations and flushes.
+    #[test]
+    fn repeats_of_the_last_hit_change_nothing_observable() {
+        use crate::workload::rng::Rng;
+        for (seed, config) in [
+            (1, TlbConfig::Hierarchy),
+            (2, TlbConfig::Single { entries: 16, ways: 4 }),
+            (3, TlbConfig::Hierarchy),
+        ] {
+            let mut rng = Rng::new(seed);
+            let mut shortcut = Tlb::new(config);
+            let mut searched = Tlb::new(config);
+            let mut last_va = Gva::new_truncate(0);
+            let mut repeats = 0;
+            for step in 0..200_000 {
+                let tag = TlbTag { vpid: 0, pcid: u16::from(rng.below(16) == 0) };
+                let va = if rng.below(4) > 0 {
+                    Gva::new_truncate(last_va.as_u64() ^ (rng.below(64) << 3))
+                } else {
+                    Gva::new_truncate(rng.below(64) << 12 | rng.below(2) << 21)
+                };
+                last_va = va;
+                let fetch = rng.below(3) == 0;
+                match rng.below(100) {
+                    0..=79 => {
+                        repeats += u32::from(shortcut.repeat_of_last_hit(va, fetch, tag).is_some());
+                        let a = shortcut.lookup(va, fetch, tag);
+                        let b = searched.lookup_arrays(va, fetch, tag);
+                        assert_eq!(a, b, "seed {seed} step {step}: lookup of {va:?}");
+                    }
+                    80..=95 => {
+                        let size = if rng.below(8) == 0 { PageSize::Size2M } else { PageSize::Size4K };
+                        let e = entry(va.as_u64(), size, tag, rng.below(8) == 0);
+                        shortcut.insert(e, va, fetch);
+                        searched.insert(e, va, fetch);
+                    }
+                    96..=97 => {
+                        shortcut.invlpg(va, tag);
+                        searched.invlpg(va, tag);
+                    }
+                    98 => {
+                        shortcut.flush_pcid(tag);
+                        searched.flush_pcid(tag);
+                    }
+                    _ => {
+                        shortcut.drop_entry(va, tag);
+                        searched.drop_entry(va, tag);
+                    }
+                }
+            }
+            assert_eq!(shortcut.stats(), searched.stats(), "seed {seed}");
+            assert!(repeats > 20_000, "seed {seed}: only {repeats} lookups repeated the last hit");
+            for level in
+                [(&shortcut.l1i, &searched.l1i), (&shortcut.l1d, &searched.l1d), (&shortcut.l2, &searched.l2)]
+            {
+                for (a, b) in
+                    [(&level.0.k4, &level.1.k4), (&level.0.m2, &level.1.m2), (&level.0.g1, &level.1.g1)]
+                {
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed}: arrays differ");
+                }
+            }
+        }
     }
 }

@@ -308,10 +308,16 @@ impl Kernel {
 
     /// Makes `pid` the running process, loading its CR3 (with PCIDs: keeping its TLB entries
     /// when its PCID has not been given to another process since it last ran).
+    #[inline]
     pub fn switch_to(&mut self, p: &mut impl Platform, pid: Pid) -> Result<(), KernelError> {
         if self.current == Some(pid) {
             return Ok(());
         }
+        self.switch_away(p, pid)
+    }
+
+    /// [`Kernel::switch_to`] another process than the running one.
+    fn switch_away(&mut self, p: &mut impl Platform, pid: Pid) -> Result<(), KernelError> {
         let process = self.processes.get(&pid).ok_or(KernelError::NoSuchProcess(pid))?;
         let cr3 = if self.pcide {
             let owner = &mut self.pcid_owner[usize::from(process.pcid)];
