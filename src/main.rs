@@ -147,6 +147,10 @@ struct BenchArgs {
     /// Forks of the fork storm.
     #[arg(long, default_value_t = 300)]
     forks: u64,
+    /// Rounds of measurement: each figure is the best of this many runs (the least
+    /// disturbed by other work on the machine).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -569,16 +573,19 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     let mut results = Vec::new();
     let trace_factory = || open_trace(&trace, 1);
     results.push(
-        measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory)
+        measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory, args.rounds)
             .map_err(|e| e.to_string())?,
     );
     let random = scenario(
         "uniform-random",
         vec![("size", "16G".to_string()), ("accesses", args.accesses.to_string())],
     );
-    results.push(measure("uniform-random size=16G", &modes, &config, &random).map_err(|e| e.to_string())?);
+    results.push(
+        measure("uniform-random size=16G", &modes, &config, &random, args.rounds)
+            .map_err(|e| e.to_string())?,
+    );
     let storm = scenario("fork-storm", vec![("forks", args.forks.to_string())]);
-    results.push(measure("fork-storm", &modes, &config, &storm).map_err(|e| e.to_string())?);
+    results.push(measure("fork-storm", &modes, &config, &storm, args.rounds).map_err(|e| e.to_string())?);
     if args.json {
         println!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?);
         return Ok(());

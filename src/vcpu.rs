@@ -142,16 +142,16 @@ impl Vcpu {
         TlbTag { vpid: self.vpid, pcid: if self.cpu.pcide { self.cr3.pcid } else { 0 } }
     }
 
-    /// The fast path of [`Vcpu::translate`], for an access that repeats the TLB's last hit
-    /// on its side with rights the entry grants: counted as the L1 hit it is. `None` (with
-    /// nothing changed) leaves the access to `translate`.
+    /// The fast path of [`Vcpu::translate`]: a TLB hit that changes no TLB state (see
+    /// [`Tlb::unchanged_hit`]) with rights the entry grants, counted as the L1 hit it is.
+    /// `None` (with nothing changed) leaves the access to `translate`.
     #[inline]
-    pub fn repeat_hit(&mut self, va: Gva, access: Access) -> Option<Hpa> {
-        let entry = self.tlb.repeat_of_last_hit(va, access.is_fetch(), self.tag())?;
+    pub fn unchanged_hit(&mut self, va: Gva, access: Access) -> Option<Hpa> {
+        let entry = self.tlb.unchanged_hit(va, access.is_fetch(), self.tag())?;
         if !(entry.rights.permit(access, &self.cpu) && (entry.dirty || !access.is_write())) {
             return None;
         }
-        self.tlb.count_repeat_hit();
+        self.tlb.count_unchanged_hit();
         self.stats.translations += 1;
         self.stats.tlb_hits += 1;
         Some(entry.translate(va))

@@ -59,33 +59,44 @@ pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
     Ok((accesses, seconds))
 }
 
-/// Measures every mode of `modes` on one workload, one after another on this thread, with
-/// the floor loop measured first and again last (the better of the two is kept).
+/// Measures every mode of `modes` on one workload, one after another on this thread, in
+/// `rounds` rounds that each measure the floor first and every mode after it; each keeps its
+/// best (shortest) time, the one least disturbed by whatever else the machine was doing.
 pub fn measure(
     name: &str,
     modes: &[ModeName],
     config: &SimConfig,
     factory: &WorkloadFactory<'_>,
+    rounds: u32,
 ) -> Result<WorkloadSpeed, SimError> {
-    let (floor_accesses, first) = floor(factory)?;
-    let mut results = Vec::new();
-    for &mode in modes {
-        let mut workload = factory()?;
-        let start = Instant::now();
-        let report = run(mode, config, workload.as_mut())?;
-        let seconds = start.elapsed().as_secs_f64();
-        let accesses = report.stats.accesses;
-        results.push((mode, accesses, seconds));
+    let mut floor_best = (0, f64::INFINITY);
+    let mut best: Vec<(u64, f64)> = vec![(0, f64::INFINITY); modes.len()];
+    for _ in 0..rounds.max(1) {
+        let (accesses, seconds) = floor(factory)?;
+        if seconds < floor_best.1 {
+            floor_best = (accesses, seconds);
+        }
+        for (&mode, best) in modes.iter().zip(&mut best) {
+            let mut workload = factory()?;
+            let start = Instant::now();
+            let report = run(mode, config, workload.as_mut())?;
+            let seconds = start.elapsed().as_secs_f64();
+            if seconds < best.1 {
+                *best = (report.stats.accesses, seconds);
+            }
+        }
     }
-    let (_, last) = floor(factory)?;
-    let floor_seconds = first.min(last).max(1e-9);
-    #[allow(clippy::cast_precision_loss)]
-    let floor_per_second = floor_accesses as f64 / floor_seconds;
-    let modes = results
-        .into_iter()
-        .map(|(mode, accesses, seconds)| {
-            #[allow(clippy::cast_precision_loss)]
-            let per_second = accesses as f64 / seconds.max(1e-9);
+    let per_second = |(accesses, seconds): (u64, f64)| {
+        #[allow(clippy::cast_precision_loss)]
+        let accesses = accesses as f64;
+        accesses / seconds.max(1e-9)
+    };
+    let floor_per_second = per_second(floor_best);
+    let modes = modes
+        .iter()
+        .zip(best)
+        .map(|(&mode, (accesses, seconds))| {
+            let per_second = per_second((accesses, seconds));
             ModeSpeed { mode, accesses, seconds, per_second, ratio_to_floor: per_second / floor_per_second }
         })
         .collect();

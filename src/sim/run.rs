@@ -464,7 +464,7 @@ fn run_slice<M: Mode>(
             return Ok((done, SliceEnd::WarmedUp));
         }
         let access_kind = Access::new(kind, Privilege::User);
-        if verifier.enabled() || !guest.repeat_hit(pid, va, access_kind, size) {
+        if verifier.enabled() || !guest.unchanged_hit(pid, va, access_kind, size) {
             access(guest, verifier, pid, va, access_kind, size)?;
         }
         done += 1;
@@ -473,14 +473,15 @@ fn run_slice<M: Mode>(
 }
 
 impl<M: Mode> Guest<M> {
-    /// The common case done inline: a one-page access by the running process that repeats
-    /// the TLB's last hit. `false` (with nothing changed) leaves the access to [`access`].
+    /// The common case done inline: a one-page access by the running process that hits the
+    /// most recent entry of its TLB set. `false` (with nothing changed) leaves the access to
+    /// [`access`].
     #[inline]
-    fn repeat_hit(&mut self, pid: Pid, va: Gva, access: Access, size: u32) -> bool {
+    fn unchanged_hit(&mut self, pid: Pid, va: Gva, access: Access, size: u32) -> bool {
         let one_page = va.page_offset(PageSize::Size4K) + u64::from(size.max(1)) <= PAGE_BYTES;
         if !one_page
             || self.kernel.current() != Some(pid)
-            || self.machine.vcpu.repeat_hit(va, access).is_none()
+            || self.machine.vcpu.unchanged_hit(va, access).is_none()
         {
             return false;
         }

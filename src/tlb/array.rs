@@ -114,6 +114,19 @@ impl TlbArray {
         None
     }
 
+    /// The entry for `va` as a page of `size` if it is the most recently used of its set, the
+    /// one case where a hit changes nothing.
+    #[inline]
+    pub fn most_recent(&self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
+        let vpn = page_number(va, size);
+        let entry = self.slots[self.set_of(vpn)]?;
+        let hit = entry.vpn == vpn
+            && entry.size == size
+            && entry.tag.vpid == tag.vpid
+            && (entry.global || entry.tag.pcid == tag.pcid);
+        hit.then_some(entry)
+    }
+
     /// Inserts an entry as most recently used, evicting the least recently used of its set,
     /// and replacing any entry for the same page and tag.
     pub fn insert(&mut self, entry: TlbEntry) {

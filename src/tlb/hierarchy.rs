@@ -120,17 +120,6 @@ pub struct TlbLevelStats {
     pub misses: u64,
 }
 
-/// The last first-level hit on one side (data or fetch): the page looked up, under which
-/// tag, and the entry found. Until anything else touches that side's arrays, a lookup of the
-/// same page finds the same entry, already most recently used, so it changes nothing and can
-/// be answered from here.
-#[derive(Clone, Copy, Debug)]
-struct LastHit {
-    vpn: u64,
-    tag: TlbTag,
-    entry: TlbEntry,
-}
-
 /// A vCPU's TLBs.
 #[derive(Clone, Debug)]
 pub struct Tlb {
@@ -140,8 +129,6 @@ pub struct Tlb {
     /// Only the unified level exists (`TlbConfig::Single`): its hits count as L1 hits.
     single: bool,
     stats: TlbLevelStats,
-    /// The last hit per side ([`Tlb::side`]); `None` after any change to that side.
-    last: [Option<LastHit>; 2],
 }
 
 impl Tlb {
@@ -155,7 +142,6 @@ impl Tlb {
                 l2: Level { k4: array(1536, 12), m2: None, g1: array(16, 4), m2_in_k4: true },
                 single: false,
                 stats: TlbLevelStats::default(),
-                last: [None; 2],
             },
             TlbConfig::Single { entries, ways } => Self {
                 l1i: Level::default(),
@@ -163,31 +149,29 @@ impl Tlb {
                 l2: Level { k4: array(entries, ways), ..Level::default() },
                 single: true,
                 stats: TlbLevelStats::default(),
-                last: [None; 2],
             },
         }
     }
 
-    /// Which [`LastHit`] slot a lookup uses: one per L1 side, one in all for the single
-    /// level (where fetches and data share the array, so either can reorder a set).
+    /// The entry a lookup of `va` would hit if that hit changes nothing: the most recently
+    /// used 4 KiB entry of its set in the first array searched (the L1 of its side, or the
+    /// single level), which a hit leaves in place. A look without effects;
+    /// [`Tlb::count_unchanged_hit`] then counts it as the L1 hit it is.
     #[inline]
-    fn side(&self, fetch: bool) -> usize {
-        usize::from(fetch && !self.single)
+    pub fn unchanged_hit(&self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbEntry> {
+        let first = if self.single {
+            &self.l2
+        } else if fetch {
+            &self.l1i
+        } else {
+            &self.l1d
+        };
+        first.k4.as_ref()?.most_recent(va, PageSize::Size4K, tag)
     }
 
-    /// The entry a lookup of `va` would find if it repeats the last hit on its side: a
-    /// look without effects; [`Tlb::count_repeat_hit`] then counts it as the hit it is.
+    /// Counts a lookup [`Tlb::unchanged_hit`] answered.
     #[inline]
-    pub fn repeat_of_last_hit(&self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbEntry> {
-        match self.last[self.side(fetch)] {
-            Some(last) if last.vpn == va.vpn() && last.tag == tag => Some(last.entry),
-            _ => None,
-        }
-    }
-
-    /// Counts a lookup [`Tlb::repeat_of_last_hit`] answered: an L1 hit that changes nothing.
-    #[inline]
-    pub fn count_repeat_hit(&mut self) {
+    pub fn count_unchanged_hit(&mut self) {
         self.stats.l1_hits += 1;
     }
 
@@ -195,16 +179,11 @@ impl Tlb {
     /// copied into L1. Counts the lookup.
     #[inline]
     pub fn lookup(&mut self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbHit> {
-        if let Some(entry) = self.repeat_of_last_hit(va, fetch, tag) {
-            self.count_repeat_hit();
+        if let Some(entry) = self.unchanged_hit(va, fetch, tag) {
+            self.count_unchanged_hit();
             return Some(TlbHit { entry, level: 1 });
         }
-        let hit = self.lookup_arrays(va, fetch, tag);
-        self.last[self.side(fetch)] = match hit {
-            Some(TlbHit { entry, level: 1 }) => Some(LastHit { vpn: va.vpn(), tag, entry }),
-            _ => None,
-        };
-        hit
+        self.lookup_arrays(va, fetch, tag)
     }
 
     /// A lookup through the arrays themselves.
@@ -229,7 +208,6 @@ impl Tlb {
 
     /// Fills both levels with a translation a walk produced for `va`.
     pub fn insert(&mut self, entry: TlbEntry, va: Gva, fetch: bool) {
-        self.last = [None; 2];
         self.l2.insert(entry, va);
         if fetch {
             self.l1i.insert(entry, va);
@@ -262,14 +240,12 @@ impl Tlb {
     }
 
     fn remove_page(&mut self, va: Gva, mut hit: impl FnMut(&TlbEntry) -> bool) {
-        self.last = [None; 2];
         self.l1i.remove_page(va, &mut hit);
         self.l1d.remove_page(va, &mut hit);
         self.l2.remove_page(va, &mut hit);
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
-        self.last = [None; 2];
         self.l1i.retain(&mut keep);
         self.l1d.retain(&mut keep);
         self.l2.retain(&mut keep);
@@ -346,11 +322,11 @@ mod tests {
         assert_eq!(tlb.occupancy(), 0);
     }
 
-    /// The last-hit shortcut must be invisible: a TLB answering repeats from it and one that
-    /// always searches its arrays agree on every result, every count and every entry, over
+    /// The shortcut for hits that change nothing must be invisible: a TLB taking it and one
+    /// that always searches its arrays agree on every result, every count and every entry, over
     /// random mixes of lookups (mostly repeats), fills, invalidations and flushes.
     #[test]
-    fn repeats_of_the_last_hit_change_nothing_observable() {
+    fn hits_on_most_recent_entries_change_nothing_observable() {
         use crate::workload::rng::Rng;
         for (seed, config) in [
             (1, TlbConfig::Hierarchy),
@@ -373,7 +349,7 @@ mod tests {
                 let fetch = rng.below(3) == 0;
                 match rng.below(100) {
                     0..=79 => {
-                        repeats += u32::from(shortcut.repeat_of_last_hit(va, fetch, tag).is_some());
+                        repeats += u32::from(shortcut.unchanged_hit(va, fetch, tag).is_some());
                         let a = shortcut.lookup(va, fetch, tag);
                         let b = searched.lookup_arrays(va, fetch, tag);
                         assert_eq!(a, b, "seed {seed} step {step}: lookup of {va:?}");
@@ -399,7 +375,7 @@ mod tests {
                 }
             }
             assert_eq!(shortcut.stats(), searched.stats(), "seed {seed}");
-            assert!(repeats > 20_000, "seed {seed}: only {repeats} lookups repeated the last hit");
+            assert!(repeats > 20_000, "seed {seed}: only {repeats} lookups took the shortcut");
             for level in
                 [(&shortcut.l1i, &searched.l1i), (&shortcut.l1d, &searched.l1d), (&shortcut.l2, &searched.l2)]
             {

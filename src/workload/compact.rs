@@ -24,6 +24,8 @@ pub const HEADER_BYTES: usize = 32;
 /// Bytes in one record.
 pub const RECORD_BYTES: usize = 16;
 
+/// Records read at once: 1 MiB, as large as the buffer of the file underneath, which then
+/// reads straight into ours instead of copying twice.
 const CHUNK_RECORDS: usize = 1 << 16;
 
 fn kind_code(kind: AccessKind) -> u8 {
@@ -199,27 +201,43 @@ impl<R: Read> CompactTrace<R> {
     }
 }
 
+/// The access kinds by their record code.
+const KINDS: [AccessKind; 3] = [AccessKind::Fetch, AccessKind::Read, AccessKind::Write];
+
 /// One record's access, or what is wrong with it.
 #[inline]
 fn decode(bytes: &[u8]) -> Result<(AccessKind, Gva, u32), String> {
-    let mut address = [0u8; 8];
-    address.copy_from_slice(&bytes[..8]);
-    let address = u64::from_le_bytes(address);
-    let size = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    let kind = match bytes[12] {
-        0 => AccessKind::Fetch,
-        1 => AccessKind::Read,
-        2 => AccessKind::Write,
-        other => return Err(format!("unknown access kind {other} (expected 0 fetch, 1 read, 2 write)")),
+    let word = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
     };
-    if bytes[13..16] != [0, 0, 0] {
-        return Err("reserved bytes 13-15 are not zero".into());
+    // The second word holds size (bits 31:0), kind (39:32) and the reserved bytes (63:40).
+    let (address, rest) = (word(0), word(8));
+    #[allow(clippy::cast_possible_truncation)]
+    let (size, code) = (rest as u32, (rest >> 32) as usize);
+    // The common case, one test per field: a valid kind and zero reserved bytes, a size in
+    // range, a canonical address.
+    if code < KINDS.len() && size.wrapping_sub(1) < MAX_ACCESS_BYTES {
+        if let Ok(va) = Gva::try_new(address) {
+            return Ok((KINDS[code], va, size));
+        }
     }
-    if !(1..=MAX_ACCESS_BYTES).contains(&size) {
-        return Err(format!("access size {size}; expected 1 to {MAX_ACCESS_BYTES}"));
+    Err(explain_bad(bytes, address, size))
+}
+
+/// What is wrong with a record [`decode`] refused.
+#[cold]
+fn explain_bad(bytes: &[u8], address: u64, size: u32) -> String {
+    if bytes[12] > 2 {
+        format!("unknown access kind {} (expected 0 fetch, 1 read, 2 write)", bytes[12])
+    } else if bytes[13..16] != [0, 0, 0] {
+        "reserved bytes 13-15 are not zero".into()
+    } else if !(1..=MAX_ACCESS_BYTES).contains(&size) {
+        format!("access size {size}; expected 1 to {MAX_ACCESS_BYTES}")
+    } else {
+        crate::addr::NonCanonical(address).to_string()
     }
-    let va = Gva::try_new(address).map_err(|e| e.to_string())?;
-    Ok((kind, va, size))
 }
 
 impl<R: Read + Send> Workload for CompactTrace<R> {
