@@ -145,10 +145,10 @@ impl Vcpu {
     /// The fast path of [`Vcpu::translate`]: a TLB hit that changes no TLB state (see
     /// [`Tlb::unchanged_hit`]) with rights the entry grants, counted as the L1 hit it is.
     /// `None` (with nothing changed) leaves the access to `translate`.
-    #[inline]
+    #[inline(always)]
     pub fn unchanged_hit(&mut self, va: Gva, access: Access) -> Option<Hpa> {
         let entry = self.tlb.unchanged_hit(va, access.is_fetch(), self.tag())?;
-        if !(entry.rights.permit(access, &self.cpu) && (entry.dirty || !access.is_write())) {
+        if !entry.serves(access, &self.cpu) {
             return None;
         }
         self.tlb.count_unchanged_hit();
@@ -168,7 +168,7 @@ impl Vcpu {
                 Some(hit) => {
                     self.stats.tlb_hits += 1;
                     let entry = hit.entry;
-                    if entry.rights.permit(access, &self.cpu) && (entry.dirty || !access.is_write()) {
+                    if entry.serves(access, &self.cpu) {
                         return PageOutcome::Done(entry.translate(va));
                     }
                     // The cached entry cannot serve this access (a write to a clean page, or

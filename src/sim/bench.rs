@@ -48,11 +48,19 @@ pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
     let mut pages: FxHashMap<(u32, u64), u32> = FxHashMap::default();
     let start = Instant::now();
     let mut accesses = 0u64;
-    while let Some(op) = feed.next()? {
-        if let Op::Access { pid, va, .. } = op {
-            accesses += 1;
-            *pages.entry((pid, va.vpn())).or_insert(0) += 1;
+    loop {
+        let ops = feed.pending()?;
+        if ops.is_empty() {
+            break;
         }
+        for op in ops {
+            if let Op::Access { pid, va, .. } = *op {
+                accesses += 1;
+                *pages.entry((pid, va.vpn())).or_insert(0) += 1;
+            }
+        }
+        let count = ops.len();
+        feed.consume(count);
     }
     let seconds = start.elapsed().as_secs_f64();
     std::hint::black_box(&pages);

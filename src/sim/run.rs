@@ -451,23 +451,42 @@ fn run_slice<M: Mode>(
 ) -> Result<(u64, SliceEnd), SimError> {
     let mut done = 0;
     while done < budget {
-        let Some(op) = feed.next()? else { return Ok((done, SliceEnd::Ended)) };
-        let Op::Access { pid, va, kind, size } = op else {
-            if op == Op::StartMeasuring {
-                return Ok((done, SliceEnd::StartMeasuring));
+        let ops = feed.pending()?;
+        if ops.is_empty() {
+            return Ok((done, SliceEnd::Ended));
+        }
+        // Operations of this batch carried out so far.
+        let mut used = 0;
+        let mut stop = None;
+        for op in ops {
+            let Op::Access { pid, va, kind, size } = *op else {
+                used += 1;
+                if *op == Op::StartMeasuring {
+                    stop = Some(SliceEnd::StartMeasuring);
+                    break;
+                }
+                apply(guest, *op)?;
+                continue;
+            };
+            if warmed_up {
+                stop = Some(SliceEnd::WarmedUp);
+                break;
             }
-            apply(guest, op)?;
-            continue;
-        };
-        if warmed_up {
-            feed.unread();
-            return Ok((done, SliceEnd::WarmedUp));
+            used += 1;
+            let access_kind = Access::new(kind, Privilege::User);
+            if verifier.enabled() || !guest.unchanged_hit(pid, va, access_kind, size) {
+                access(guest, verifier, pid, va, access_kind, size)?;
+            }
+            done += 1;
+            if done == budget {
+                stop = Some(SliceEnd::Budget);
+                break;
+            }
         }
-        let access_kind = Access::new(kind, Privilege::User);
-        if verifier.enabled() || !guest.unchanged_hit(pid, va, access_kind, size) {
-            access(guest, verifier, pid, va, access_kind, size)?;
+        feed.consume(used);
+        if let Some(end) = stop {
+            return Ok((done, end));
         }
-        done += 1;
     }
     Ok((done, SliceEnd::Budget))
 }

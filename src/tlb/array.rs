@@ -1,7 +1,7 @@
 //! One set-associative TLB array with true-LRU replacement.
 
 use crate::addr::{Gva, Hpa, PageSize};
-use crate::paging::Rights;
+use crate::paging::{Access, AccessKind, CpuState, Privilege, Rights};
 
 /// What a TLB entry is tagged with besides the page number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -38,6 +38,22 @@ impl TlbEntry {
         self.vpn == page_number(va, self.size)
             && self.tag.vpid == tag.vpid
             && (self.global || self.tag.pcid == tag.pcid)
+    }
+
+    /// Whether the entry lets `access` complete without a walk: the rights allow it, and a
+    /// write finds the dirty flag already set.
+    #[inline]
+    pub fn serves(&self, access: Access, cpu: &CpuState) -> bool {
+        if access.privilege == Privilege::Supervisor {
+            return self.rights.permit(access, cpu) && (self.dirty || !access.is_write());
+        }
+        // A user access, without branches on its kind (the hot case): one bit per kind.
+        let r = self.rights;
+        let kinds = u8::from(r.user)
+            * (1 << AccessKind::Read as u8
+                | u8::from(r.writable && self.dirty) << AccessKind::Write as u8
+                | u8::from(!r.no_execute) << AccessKind::Fetch as u8);
+        kinds & 1 << access.kind as u8 != 0
     }
 
     /// The physical address of `va` through this entry.
@@ -116,7 +132,7 @@ impl TlbArray {
 
     /// The entry for `va` as a page of `size` if it is the most recently used of its set, the
     /// one case where a hit changes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn most_recent(&self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
         let vpn = page_number(va, size);
         let entry = self.slots[self.set_of(vpn)]?;
@@ -202,6 +218,31 @@ mod tests {
 
     fn va(vpn: u64) -> Gva {
         Gva::new_truncate(vpn << 12)
+    }
+
+    #[test]
+    fn serves_exactly_what_the_rights_and_dirty_flag_allow() {
+        let kinds = [AccessKind::Read, AccessKind::Write, AccessKind::Fetch];
+        for bits in 0..32u8 {
+            let flag = |n: u8| bits & 1 << n != 0;
+            let rights = Rights { writable: flag(0), user: flag(1), no_execute: flag(2) };
+            let e = TlbEntry { rights, dirty: flag(3), global: flag(4), ..entry(1) };
+            for privilege in [Privilege::User, Privilege::Supervisor] {
+                for kind in kinds {
+                    for (smap, smep, wp) in [(false, false, false), (true, true, true)] {
+                        let cpu = CpuState { smap, smep, wp, ..CpuState::default() };
+                        let access = Access::new(kind, privilege);
+                        let expected = rights.permit(access, &cpu) && (e.dirty || kind != AccessKind::Write);
+                        assert_eq!(
+                            e.serves(access, &cpu),
+                            expected,
+                            "{rights:?} dirty {} {access:?}",
+                            e.dirty
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

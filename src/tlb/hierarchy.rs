@@ -157,7 +157,7 @@ impl Tlb {
     /// used 4 KiB entry of its set in the first array searched (the L1 of its side, or the
     /// single level), which a hit leaves in place. A look without effects;
     /// [`Tlb::count_unchanged_hit`] then counts it as the L1 hit it is.
-    #[inline]
+    #[inline(always)]
     pub fn unchanged_hit(&self, va: Gva, fetch: bool, tag: TlbTag) -> Option<TlbEntry> {
         let first = if self.single {
             &self.l2

@@ -24,48 +24,39 @@ impl<'a> Feed<'a> {
         Self { workload, batch: Vec::with_capacity(BATCH_OPS), next: 0, pending: None, ended: false }
     }
 
-    /// The next operation, `Ok(None)` at the end. An error comes after every operation that
-    /// preceded it in the workload.
+    /// The operations read and not yet consumed, reading a new batch when none are left;
+    /// empty at the end. An error comes after every operation that preceded it.
     #[inline]
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<Op>, WorkloadError> {
-        if let Some(op) = self.batch.get(self.next) {
-            self.next += 1;
-            return Ok(Some(*op));
+    pub fn pending(&mut self) -> Result<&[Op], WorkloadError> {
+        if self.next == self.batch.len() {
+            self.refill()?;
         }
-        self.refill()
+        Ok(&self.batch[self.next..])
     }
 
-    /// Puts back the operation [`Feed::next`] just returned, to be returned again.
-    pub fn unread(&mut self) {
-        self.next = self.next.saturating_sub(1);
+    /// Marks the first `count` pending operations as done.
+    #[inline]
+    pub fn consume(&mut self, count: usize) {
+        self.next = (self.next + count).min(self.batch.len());
     }
 
     #[cold]
-    fn refill(&mut self) -> Result<Option<Op>, WorkloadError> {
+    fn refill(&mut self) -> Result<(), WorkloadError> {
         if let Some(error) = self.pending.take() {
             return Err(error);
         }
         if self.ended {
-            return Ok(None);
+            return Ok(());
         }
         self.next = 0;
         if let Err(error) = self.workload.next_batch(&mut self.batch) {
+            if self.batch.is_empty() {
+                return Err(error);
+            }
             self.pending = Some(error);
         }
-        match self.batch.first() {
-            Some(op) => {
-                self.next = 1;
-                Ok(Some(*op))
-            }
-            None => match self.pending.take() {
-                Some(error) => Err(error),
-                None => {
-                    self.ended = true;
-                    Ok(None)
-                }
-            },
-        }
+        self.ended = self.batch.is_empty();
+        Ok(())
     }
 }
 
@@ -93,14 +84,16 @@ mod tests {
         }
     }
 
-    fn drain(feed: &mut Feed<'_>) -> (u32, Option<String>) {
-        let mut count = 0;
+    /// Every operation, one at a time, and the error that ended them if any.
+    fn drain(feed: &mut Feed<'_>) -> (Vec<Op>, Option<String>) {
+        let mut ops = Vec::new();
         loop {
-            match feed.next() {
-                Ok(Some(_)) => count += 1,
-                Ok(None) => return (count, None),
-                Err(e) => return (count, Some(e.to_string())),
+            match feed.pending() {
+                Ok([]) => return (ops, None),
+                Ok([op, ..]) => ops.push(*op),
+                Err(e) => return (ops, Some(e.to_string())),
             }
+            feed.consume(1);
         }
     }
 
@@ -109,19 +102,17 @@ mod tests {
         let total = u32::try_from(BATCH_OPS * 2 + 3).expect("small");
         let mut workload = Counted { left: total, fail: false };
         let mut feed = Feed::new(&mut workload);
-        let mut expected = total;
-        while let Some(op) = feed.next().expect("no error") {
-            expected -= 1;
-            assert_eq!(op, Op::Exit { pid: expected });
-        }
-        assert_eq!(expected, 0);
-        assert!(feed.next().expect("still ended").is_none());
+        let (ops, error) = drain(&mut feed);
+        let expected: Vec<Op> = (0..total).rev().map(|pid| Op::Exit { pid }).collect();
+        assert_eq!((ops, error), (expected, None));
+        assert!(feed.pending().expect("still ended").is_empty());
     }
 
     #[test]
     fn an_error_comes_after_the_operations_before_it() {
         let mut workload = Counted { left: 5, fail: true };
         let mut feed = Feed::new(&mut workload);
-        assert_eq!(drain(&mut feed), (5, Some("bad".into())));
+        let (ops, error) = drain(&mut feed);
+        assert_eq!((ops.len(), error), (5, Some("bad".into())));
     }
 }
