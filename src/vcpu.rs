@@ -162,6 +162,8 @@ impl Vcpu {
     #[inline]
     pub fn translate<M: Mode>(&mut self, mode: &mut M, va: Gva, access: Access, retry: bool) -> PageOutcome {
         let tag = self.tag();
+        // Whether this attempt's lookup missed (then only the other L1 side can hold the page).
+        let mut missed = false;
         if !retry {
             self.stats.translations += 1;
             match self.tlb.lookup(va, access.is_fetch(), tag) {
@@ -175,7 +177,10 @@ impl Vcpu {
                     // rights it does not grant): the processor walks again.
                     self.tlb.drop_entry(va, tag);
                 }
-                None => self.stats.tlb_misses += 1,
+                None => {
+                    self.stats.tlb_misses += 1;
+                    missed = true;
+                }
             }
         }
         self.stats.walks += 1;
@@ -195,7 +200,13 @@ impl Vcpu {
             }
             Resolved::Fault(fault) => {
                 // A page fault invalidates TLB entries for the address (SDM Vol. 3A §4.10.4.1).
-                self.tlb.drop_entry(va, tag);
+                // Walks never fill this TLB, so after a miss it holds the page only on the
+                // other side.
+                if missed {
+                    self.tlb.drop_entry_after_miss(va, access.is_fetch(), tag);
+                } else {
+                    self.tlb.drop_entry(va, tag);
+                }
                 PageOutcome::Fault(fault)
             }
             Resolved::NonCanonical => PageOutcome::NonCanonical,

@@ -162,10 +162,16 @@ impl TlbArray {
         let vpn = page_number(va, size);
         let start = self.set_of(vpn);
         let set = &mut self.slots[start..start + self.ways];
-        let mut kept = 0;
-        for way in 0..set.len() {
+        let mut doomed = |entry: &TlbEntry| entry.size == size && entry.vpn == vpn && hit(entry);
+        // Usually nothing matches (a fault on a page the TLB does not hold): look first, and
+        // only rewrite the set when an entry goes.
+        let Some(first) = set.iter().position(|slot| slot.as_ref().is_some_and(&mut doomed)) else {
+            return;
+        };
+        let mut kept = first;
+        for way in first + 1..set.len() {
             if let Some(entry) = set[way] {
-                if !(entry.size == size && entry.vpn == vpn && hit(&entry)) {
+                if !doomed(&entry) {
                     set[kept] = Some(entry);
                     kept += 1;
                 }

@@ -239,6 +239,14 @@ impl Tlb {
         self.remove_page(va, |e| e.matches(va, tag));
     }
 
+    /// [`Tlb::drop_entry`] right after a lookup of `va` under `tag` on the `fetch` side missed
+    /// and nothing was inserted since: that side's L1 and the L2 hold no entry for it, so only
+    /// the other L1 can.
+    pub fn drop_entry_after_miss(&mut self, va: Gva, fetch: bool, tag: TlbTag) {
+        let other = if fetch { &mut self.l1d } else { &mut self.l1i };
+        other.remove_page(va, &mut |e: &TlbEntry| e.matches(va, tag));
+    }
+
     fn remove_page(&mut self, va: Gva, mut hit: impl FnMut(&TlbEntry) -> bool) {
         self.l1i.remove_page(va, &mut hit);
         self.l1d.remove_page(va, &mut hit);

@@ -6,6 +6,8 @@
 pub struct LruSets<K, V> {
     sets: usize,
     ways: usize,
+    /// `sets - 1` when the set count is a power of two: a mask instead of a division.
+    set_mask: Option<u64>,
     slots: Vec<Option<(K, V)>>,
 }
 
@@ -14,12 +16,15 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
     pub fn new(entries: usize, ways: usize) -> Self {
         let ways = ways.max(1);
         let sets = (entries / ways).max(1);
-        Self { sets, ways, slots: vec![None; sets * ways] }
+        let set_mask = sets.is_power_of_two().then(|| sets as u64 - 1);
+        Self { sets, ways, set_mask, slots: vec![None; sets * ways] }
     }
 
     fn set(&mut self, hint: u64) -> &mut [Option<(K, V)>] {
-        let sets = self.sets as u64;
-        let set = if sets.is_power_of_two() { hint & (sets - 1) } else { hint % sets };
+        let set = match self.set_mask {
+            Some(mask) => hint & mask,
+            None => hint % self.sets as u64,
+        };
         let index = usize::try_from(set).unwrap_or(0) * self.ways;
         &mut self.slots[index..index + self.ways]
     }
@@ -29,7 +34,9 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
     pub fn get(&mut self, hint: u64, key: K) -> Option<V> {
         let set = self.set(hint);
         let way = set.iter().position(|slot| matches!(slot, Some((k, _)) if *k == key))?;
-        set[..=way].rotate_right(1);
+        if way > 0 {
+            set[..=way].rotate_right(1);
+        }
         set[0].map(|(_, value)| value)
     }
 
