@@ -180,20 +180,21 @@ impl<R: Read> CompactTrace<R> {
         let pid = self.pid;
         let available = self.chunks.available();
         let whole = (available.len() / RECORD_BYTES).min(room);
-        let mut decoded = 0;
-        let mut failure = None;
-        for bytes in available[..whole * RECORD_BYTES].chunks_exact(RECORD_BYTES) {
-            match decode(bytes) {
-                Ok((kind, va, size)) => out.push(Op::Access { pid, va, kind, size }),
-                Err(message) => {
-                    failure = Some(message);
-                    break;
-                }
-            }
-            decoded += 1;
-        }
-        self.chunks.consume(decoded * RECORD_BYTES);
-        self.records += decoded as u64;
+        let records = &available[..whole * RECORD_BYTES];
+        // Check first, then decode the valid run in one pass that needs no capacity checks.
+        let valid = records.chunks_exact(RECORD_BYTES).take_while(|bytes| is_valid(fields(bytes))).count();
+        out.extend(records[..valid * RECORD_BYTES].chunks_exact(RECORD_BYTES).map(|bytes| {
+            let (address, size, code) = fields(bytes);
+            let kind = KINDS.get(code).copied().unwrap_or(AccessKind::Write);
+            Op::Access { pid, va: Gva::new_truncate(address), kind, size }
+        }));
+        let failure = (valid < whole).then(|| {
+            let bytes = &records[valid * RECORD_BYTES..(valid + 1) * RECORD_BYTES];
+            let (address, size, _) = fields(bytes);
+            explain_bad(bytes, address, size)
+        });
+        self.chunks.consume(valid * RECORD_BYTES);
+        self.records += valid as u64;
         match failure {
             Some(message) => Err(self.bad(message)),
             None => Ok(()),
@@ -204,9 +205,10 @@ impl<R: Read> CompactTrace<R> {
 /// The access kinds by their record code.
 const KINDS: [AccessKind; 3] = [AccessKind::Fetch, AccessKind::Read, AccessKind::Write];
 
-/// One record's access, or what is wrong with it.
+/// A record's address, size and kind code (with the reserved bytes above it, so any of them
+/// set makes the code invalid).
 #[inline]
-fn decode(bytes: &[u8]) -> Result<(AccessKind, Gva, u32), String> {
+fn fields(bytes: &[u8]) -> (u64, u32, usize) {
     let word = |at: usize| {
         let mut word = [0u8; 8];
         word.copy_from_slice(&bytes[at..at + 8]);
@@ -215,18 +217,17 @@ fn decode(bytes: &[u8]) -> Result<(AccessKind, Gva, u32), String> {
     // The second word holds size (bits 31:0), kind (39:32) and the reserved bytes (63:40).
     let (address, rest) = (word(0), word(8));
     #[allow(clippy::cast_possible_truncation)]
-    let (size, code) = (rest as u32, (rest >> 32) as usize);
-    // The common case, one test per field: a valid kind and zero reserved bytes, a size in
-    // range, a canonical address.
-    if code < KINDS.len() && size.wrapping_sub(1) < MAX_ACCESS_BYTES {
-        if let Ok(va) = Gva::try_new(address) {
-            return Ok((KINDS[code], va, size));
-        }
-    }
-    Err(explain_bad(bytes, address, size))
+    (address, rest as u32, (rest >> 32) as usize)
 }
 
-/// What is wrong with a record [`decode`] refused.
+/// Whether a record is well formed, one test per field: a known kind with zero reserved
+/// bytes, a size in range, a canonical address.
+#[inline]
+fn is_valid((address, size, code): (u64, u32, usize)) -> bool {
+    code < KINDS.len() && size.wrapping_sub(1) < MAX_ACCESS_BYTES && Gva::try_new(address).is_ok()
+}
+
+/// What is wrong with a record [`is_valid`] refused.
 #[cold]
 fn explain_bad(bytes: &[u8], address: u64, size: u32) -> String {
     if bytes[12] > 2 {
