@@ -36,8 +36,29 @@ pub struct WorkloadSpeed {
     pub workload: String,
     /// The floor loop's accesses per second.
     pub floor_per_second: f64,
+    /// Operations per second the workload is read at, with nothing done with them (for a
+    /// trace: its records per second).
+    pub read_per_second: f64,
     /// Each mode.
     pub modes: Vec<ModeSpeed>,
+}
+
+/// Reading alone: every operation of the workload, counted and nothing else.
+/// Returns (operations, seconds).
+pub fn read_only(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
+    let mut workload = factory()?;
+    let mut feed = Feed::new(workload.as_mut());
+    let start = Instant::now();
+    let mut operations = 0u64;
+    loop {
+        let count = feed.pending()?.len();
+        if count == 0 {
+            break;
+        }
+        operations += count as u64;
+        feed.consume(count);
+    }
+    Ok((operations, start.elapsed().as_secs_f64()))
 }
 
 /// The floor: reads every operation and looks each access's page up in a hash map.
@@ -78,8 +99,13 @@ pub fn measure(
     rounds: u32,
 ) -> Result<WorkloadSpeed, SimError> {
     let mut floor_best = (0, f64::INFINITY);
+    let mut read_best = (0, f64::INFINITY);
     let mut best: Vec<(u64, f64)> = vec![(0, f64::INFINITY); modes.len()];
     for _ in 0..rounds.max(1) {
+        let (operations, seconds) = read_only(factory)?;
+        if seconds < read_best.1 {
+            read_best = (operations, seconds);
+        }
         let (accesses, seconds) = floor(factory)?;
         if seconds < floor_best.1 {
             floor_best = (accesses, seconds);
@@ -108,5 +134,10 @@ pub fn measure(
             ModeSpeed { mode, accesses, seconds, per_second, ratio_to_floor: per_second / floor_per_second }
         })
         .collect();
-    Ok(WorkloadSpeed { workload: name.to_string(), floor_per_second, modes })
+    Ok(WorkloadSpeed {
+        workload: name.to_string(),
+        floor_per_second,
+        read_per_second: per_second(read_best),
+        modes,
+    })
 }

@@ -13,6 +13,7 @@ use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
 use crate::workload::chunks::Chunks;
+use crate::workload::feed::BATCH_OPS;
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// The largest access size accepted on a line, in bytes.
@@ -27,6 +28,69 @@ pub struct LackeyRecord {
     pub address: u64,
     /// Bytes accessed.
     pub size: u32,
+}
+
+/// Each byte's value as a hexadecimal digit, or 16 for any other byte.
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [16u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The common case of an access line exactly as valgrind writes it (`I  ADDR,SIZE` or
+/// ` K ADDR,SIZE` followed by a newline, optionally `\r\n`) at the start of `bytes`: the
+/// record and the line's length with its newline. `None` for anything else, which
+/// [`parse_line`] then handles.
+#[inline]
+pub fn parse_common_line(bytes: &[u8]) -> Option<(LackeyRecord, usize)> {
+    let kind = match bytes.get(..3)? {
+        [b'I', b' ', b' '] => AccessKind::Fetch,
+        [b' ', b'L', b' '] => AccessKind::Read,
+        [b' ', b'S' | b'M', b' '] => AccessKind::Write,
+        _ => return None,
+    };
+    let mut at = 3;
+    let mut address = 0u64;
+    while let Some(&digit) = bytes.get(at) {
+        let nibble = HEX_DIGITS[usize::from(digit)];
+        if nibble > 15 || at - 3 == 16 {
+            break;
+        }
+        address = address << 4 | u64::from(nibble);
+        at += 1;
+    }
+    if at == 3 || bytes.get(at) != Some(&b',') {
+        return None;
+    }
+    at += 1;
+    let digits = at;
+    let mut size = 0u32;
+    while let Some(&digit) = bytes.get(at) {
+        if !digit.is_ascii_digit() || at - digits == 9 {
+            break;
+        }
+        size = size * 10 + u32::from(digit - b'0');
+        at += 1;
+    }
+    if at == digits || !(1..=MAX_ACCESS_BYTES).contains(&size) {
+        return None;
+    }
+    let end = match bytes.get(at..)? {
+        [b'\n', ..] => at + 1,
+        [b'\r', b'\n', ..] => at + 2,
+        _ => return None,
+    };
+    Some((LackeyRecord { kind, address, size }, end))
 }
 
 /// Parses one line (without its newline). `Ok(None)` for lines that are not accesses.
@@ -125,36 +189,91 @@ impl<R: Read> LackeyTrace<R> {
 
 impl<R: Read + Send> Workload for LackeyTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        let mut one = Vec::with_capacity(1);
+        self.fill_batch(&mut one, 1)?;
+        Ok(one.pop())
+    }
+
+    fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
+        self.fill_batch(out, BATCH_OPS)
+    }
+}
+
+impl<R: Read> LackeyTrace<R> {
+    /// Replaces `out` with up to `most` operations: the process's creation first, then one
+    /// access per access line. Lines are parsed where they lie in the buffer.
+    fn fill_batch(&mut self, out: &mut Vec<Op>, most: usize) -> Result<(), WorkloadError> {
+        out.clear();
         if !self.spawned {
             self.spawned = true;
-            return Ok(Some(Op::Spawn { pid: self.pid, anywhere: true }));
+            out.push(Op::Spawn { pid: self.pid, anywhere: true });
         }
-        let path = &self.path;
-        while let Some(line) =
-            self.chunks.next_line().map_err(|source| WorkloadError::Io { path: path.clone(), source })?
-        {
+        while out.len() < most {
+            // Every whole line buffered, up to the batch's room.
+            let available = self.chunks.available();
+            let mut used = 0;
+            let mut result = Ok(());
+            while out.len() < most {
+                let rest = &available[used..];
+                let (record, length) = match parse_common_line(rest) {
+                    Some((record, length)) => (Ok(Some(record)), length),
+                    None => match memchr::memchr(b'\n', rest) {
+                        Some(newline) => (parse_line(&rest[..newline]), newline + 1),
+                        None => break,
+                    },
+                };
+                used += length;
+                self.line += 1;
+                match access_of(record, self.pid, self.line, &self.path) {
+                    Ok(Some(op)) => {
+                        self.accesses += 1;
+                        out.push(op);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        result = Err(error);
+                        break;
+                    }
+                }
+            }
+            self.chunks.consume(used);
+            result?;
+            if used > 0 {
+                continue;
+            }
+            // No whole line is buffered: read more, or take the last line if it lacks a newline.
+            let path = &self.path;
+            let line =
+                self.chunks.next_line().map_err(|source| WorkloadError::Io { path: path.clone(), source })?;
+            let Some(line) = line else {
+                return if self.accesses == 0 {
+                    Err(WorkloadError::Empty { path: self.path.clone() })
+                } else {
+                    Ok(())
+                };
+            };
             self.line += 1;
-            let number = self.line;
-            let parsed = parse_line(line).map_err(|message| WorkloadError::Parse {
-                path: path.clone(),
-                line: number,
-                message,
-            })?;
-            if let Some(record) = parsed {
-                let va = Gva::try_new(record.address).map_err(|e| WorkloadError::Parse {
-                    path: path.clone(),
-                    line: number,
-                    message: e.to_string(),
-                })?;
+            if let Some(op) = access_of(parse_line(line), self.pid, self.line, &self.path)? {
                 self.accesses += 1;
-                return Ok(Some(Op::Access { pid: self.pid, va, kind: record.kind, size: record.size }));
+                out.push(op);
             }
         }
-        if self.accesses == 0 {
-            return Err(WorkloadError::Empty { path: self.path.clone() });
-        }
-        Ok(None)
+        Ok(())
     }
+}
+
+/// The access of line `number` from what parsing it gave, if it is an access line.
+#[inline]
+fn access_of(
+    parsed: Result<Option<LackeyRecord>, String>,
+    pid: Pid,
+    number: u64,
+    path: &Path,
+) -> Result<Option<Op>, WorkloadError> {
+    let bad = |message| WorkloadError::Parse { path: path.to_path_buf(), line: number, message };
+    let Some(record) = parsed.map_err(bad)? else { return Ok(None) };
+    let va = Gva::try_new(record.address).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Op::Access { pid, va, kind: record.kind, size: record.size }))
 }
 
 #[cfg(test)]
@@ -203,5 +322,36 @@ mod tests {
         let mut empty = LackeyTrace::from_reader(Path::new("e.txt"), &b"hello\n"[..], 1);
         assert!(empty.next_op().is_ok());
         assert!(matches!(empty.next_op(), Err(WorkloadError::Empty { .. })));
+    }
+
+    #[test]
+    fn the_common_case_parser_takes_valgrinds_lines() {
+        let rec = |kind, address, size| LackeyRecord { kind, address, size };
+        assert_eq!(parse_common_line(b"I  04016b90,3\n"), Some((rec(AccessKind::Fetch, 0x0401_6b90, 3), 14)));
+        assert_eq!(
+            parse_common_line(b" S 1ffefffd38,8\r\nI"),
+            Some((rec(AccessKind::Write, 0x1f_feff_fd38, 8), 17))
+        );
+        // Without its newline a line is left to the careful parser (more may be coming).
+        assert_eq!(parse_common_line(b" L 1000,8"), None);
+        assert_eq!(parse_common_line(b" L 1000,8 \n"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the common-case parser accepts, the careful parser reads the same way.
+        #[test]
+        fn the_common_case_parser_agrees_with_the_careful_one(
+            line in proptest::prop_oneof![
+                "(I  | L | S | M )([0-9a-fA-F]{0,18}|[0-9a-f]{16}|0{17}),(0|00|65536|65537|[0-9]{0,11})\r?\n",
+                "(I  | L | S | M |  L|I )[0-9a-fA-Fg ]{0,18}[,;]?[0-9 ]{0,11}\r?\n?",
+            ]
+        ) {
+            let bytes = line.as_bytes();
+            if let Some((record, length)) = parse_common_line(bytes) {
+                proptest::prop_assert_eq!(length, bytes.len());
+                let without = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+                proptest::prop_assert_eq!(parse_line(without), Ok(Some(record)));
+            }
+        }
     }
 }
