@@ -33,16 +33,12 @@ pub struct LackeyRecord {
 /// Each byte's value as a hexadecimal digit, or 16 for any other byte.
 const HEX_DIGITS: [u8; 256] = {
     let mut table = [16u8; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
+    let mut value = 0u8;
+    while value < 16 {
+        let digit = if value < 10 { b'0' + value } else { b'a' + value - 10 };
+        table[digit as usize] = value;
+        table[digit.to_ascii_uppercase() as usize] = value;
+        value += 1;
     }
     table
 };
