@@ -5,7 +5,9 @@
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use memvirt::addr::PageSize;
 use memvirt::sim::bench::floor;
+use memvirt::sim::compare::WorkloadFactory;
 use memvirt::sim::{run, ModeName, SimConfig};
+use memvirt::workload::open::{convert, open_trace};
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
 use memvirt::workload::{Workload, WorkloadError};
 
@@ -18,11 +20,24 @@ fn scenario(
     move || scenario::build(&name, &params, &ScenarioContext { seed: 1, page_size: PageSize::Size4K })
 }
 
+/// The bundled real-program trace (valgrind lackey of /bin/true), converted once to the
+/// compact binary format in the target directory, as a workload factory.
+fn real_trace(compact: &std::path::Path) -> Box<WorkloadFactory<'_>> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/true.lackey.gz");
+    convert(&source, compact, &mut |_| {}).expect("the bundled trace converts");
+    Box::new(move || open_trace(compact, 1))
+}
+
 fn throughput(c: &mut Criterion) {
-    let cases = [
-        ("seq-scan", scenario("seq-scan", &[("size", "16M"), ("passes", "4")])),
-        ("uniform-random-16G", scenario("uniform-random", &[("size", "16G"), ("accesses", "200000")])),
-        ("fork-storm", scenario("fork-storm", &[("forks", "30")])),
+    let compact = std::env::temp_dir().join(format!("memvirt-bench-{}.mvt", std::process::id()));
+    let cases: [(&str, Box<WorkloadFactory<'_>>); 4] = [
+        ("real-trace-compact", real_trace(&compact)),
+        ("seq-scan", Box::new(scenario("seq-scan", &[("size", "16M"), ("passes", "4")]))),
+        (
+            "uniform-random-16G",
+            Box::new(scenario("uniform-random", &[("size", "16G"), ("accesses", "200000")])),
+        ),
+        ("fork-storm", Box::new(scenario("fork-storm", &[("forks", "30")]))),
     ];
     let config = SimConfig::default();
     for (name, factory) in &cases {
@@ -41,6 +56,7 @@ fn throughput(c: &mut Criterion) {
         }
         group.finish();
     }
+    let _ = std::fs::remove_file(&compact);
 }
 
 /// Groups the benchmarks (a module, so the macro's undocumented function can be allowed).
