@@ -26,19 +26,27 @@ pub use guest_view::{GuestView, NestedExit};
 /// How many nested exits one translation may take before the VMM gives up on it.
 const MAX_EXITS_PER_WALK: u32 = 8;
 
+/// Entries of the memo of where the guest kernel's own accesses land.
+const KERNEL_PAGES: usize = 1024;
+
 /// A VM under nested paging.
 pub struct Nested<F> {
     host: Host,
     format: F,
     root: Hpa,
     table_frames: u64,
+    /// Guest frames the nested table maps, with the host-physical 4 KiB page each maps to,
+    /// direct-mapped by frame number: the simulator's shortcut for the guest kernel's own
+    /// accesses (which are not counted as references). Valid for good because the nested table
+    /// only ever gains mappings; `u64::MAX` marks an empty slot.
+    kernel_pages: Vec<(u64, u64)>,
 }
 
 impl<F: NestedFormat> Nested<F> {
     /// A VM with an empty nested table over `host`.
     pub fn new(format: F, mut host: Host) -> Result<Self, OutOfFrames> {
         let root = host.table_frame()?;
-        Ok(Self { host, format, root, table_frames: 1 })
+        Ok(Self { host, format, root, table_frames: 1, kernel_pages: vec![(u64::MAX, 0); KERNEL_PAGES] })
     }
 
     /// The nested root (EPTP / nCR3 address).
@@ -122,6 +130,12 @@ impl<F: NestedFormat> Nested<F> {
     /// The host-physical address of `gpa` for the guest kernel's own accesses, taking the
     /// violation exit a first touch causes. `None` for an address outside every slot.
     fn kernel_access(&mut self, gpa: Gpa, stats: &mut Stats) -> Option<Hpa> {
+        let gfn = gpa.frame().number();
+        let memo = usize::try_from(gfn % KERNEL_PAGES as u64).unwrap_or(0);
+        let offset = gpa.page_offset(PageSize::Size4K);
+        if self.kernel_pages[memo].0 == gfn {
+            return Some(Hpa::new(self.kernel_pages[memo].1 | offset));
+        }
         let slot = builder::lookup(
             &mut self.host.memory,
             self.format.entry_format(),
@@ -129,15 +143,20 @@ impl<F: NestedFormat> Nested<F> {
             self.format.levels(),
             gpa.as_u64(),
         );
-        if slot.leaf {
+        let hpa = if slot.leaf {
             let size = slot.level.leaf_size().unwrap_or(PageSize::Size4K);
             let page = slot.value & crate::paging::Pte::ADDRESS_MASK & !(size.bytes() - 1);
-            return Some(Hpa::new(page | gpa.page_offset(size)));
-        }
-        let fault =
-            NestedExit { gpa, fault: NestedFault::EptViolation(crate::ept::ExitQualification::default()) };
-        self.handle_exit(fault, stats).ok()?;
-        self.host.backing_of(gpa).map(|(hpa, _)| hpa)
+            Hpa::new(page | gpa.page_offset(size))
+        } else {
+            let fault = NestedExit {
+                gpa,
+                fault: NestedFault::EptViolation(crate::ept::ExitQualification::default()),
+            };
+            self.handle_exit(fault, stats).ok()?;
+            self.host.backing_of(gpa).map(|(hpa, _)| hpa)?
+        };
+        self.kernel_pages[memo] = (gfn, hpa.as_u64() & !(PAGE_BYTES - 1));
+        Some(hpa)
     }
 }
 
