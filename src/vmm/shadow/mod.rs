@@ -465,10 +465,18 @@ impl Shadow {
     /// shadow entries.
     fn fix(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> FaultFix {
         let cpu = vcpu.cpu;
-        let mut steps: Vec<TableStep<Gpa>> = Vec::with_capacity(4);
+        // The upper entries the walk passed (at most four, with five levels), kept without an
+        // allocation: this runs on every hidden fault.
+        let mut steps: [Option<TableStep<Gpa>>; 4] = [None; 4];
+        let mut count = 0;
         let mut memory = GuestMemory::new(&mut self.host);
         let start = WalkStart::root(vcpu.cr3.root, &cpu);
-        let outcome = walk_from(&mut memory, start, va, access, &cpu, AdPolicy::Update, |s| steps.push(s));
+        let outcome = walk_from(&mut memory, start, va, access, &cpu, AdPolicy::Update, |step| {
+            if let Some(slot) = steps.get_mut(count) {
+                *slot = Some(step);
+                count += 1;
+            }
+        });
         vcpu.stats.shadow.vmm_walk_refs += memory.reads;
         let translation = match outcome {
             WalkOutcome::Mapped(t) => t,
@@ -484,7 +492,7 @@ impl Shadow {
             return FaultFix::Emulated;
         };
         let mut level = self.levels.root();
-        for step in &steps {
+        for step in steps.iter().flatten() {
             if let Some(page) = self.pages.get_mut(&table) {
                 page.writes_since_use = 0;
             }
