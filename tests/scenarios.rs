@@ -4,11 +4,13 @@
 
 use std::sync::atomic::AtomicU64;
 
+use memvirt::addr::Gva;
 use memvirt::addr::PageSize;
+use memvirt::paging::AccessKind;
 use memvirt::sim::compare::compare;
 use memvirt::sim::{run, ModeName, RunReport, SimConfig};
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
-use memvirt::workload::Workload;
+use memvirt::workload::{Op, Workload, WorkloadError};
 
 const ALL: [ModeName; 4] = [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt];
 
@@ -118,6 +120,47 @@ fn gups_measures_only_the_update_phase_and_warmup_leaves_accesses_out() {
     .expect("runs");
     assert_eq!(report.stats.accesses, 1024 - 1000);
     assert_eq!(report.stats.guest_page_faults, 0);
+}
+
+/// A fixed list of operations.
+struct Script(std::vec::IntoIter<Op>);
+
+impl Workload for Script {
+    fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        Ok(self.0.next())
+    }
+}
+
+#[test]
+fn warmup_restarts_the_counters_right_before_the_first_measured_access() {
+    // Three accesses, a fork, two accesses by the child. A warm-up of three accesses ends
+    // right before the fourth access, after the fork: the fork is part of the warm-up.
+    let touch = |pid, page: u64| Op::Access {
+        pid,
+        va: Gva::new_truncate(0x40_0000 + page * 4096),
+        kind: AccessKind::Write,
+        size: 8,
+    };
+    let script = || {
+        vec![
+            Op::Spawn { pid: 1, anywhere: true },
+            touch(1, 0),
+            touch(1, 1),
+            touch(1, 2),
+            Op::Fork { parent: 1, child: 2 },
+            touch(2, 0),
+            touch(2, 3),
+        ]
+    };
+    for mode in ALL {
+        let cold = run(mode, &SimConfig::default(), &mut Script(script().into_iter())).expect("runs");
+        assert_eq!((cold.stats.accesses, cold.stats.guest.forks), (5, 1), "{mode}: no warm-up");
+        let config = SimConfig { warmup: 3, ..SimConfig::default() };
+        let warm = run(mode, &config, &mut Script(script().into_iter())).expect("runs");
+        assert_eq!((warm.stats.accesses, warm.stats.guest.forks), (2, 0), "{mode}: warm-up of 3");
+        // The child's first write breaks copy-on-write: a measured fault.
+        assert!(warm.stats.guest_page_faults >= 1, "{mode}");
+    }
 }
 
 #[test]
