@@ -29,6 +29,19 @@ fn ops(mut workload: Box<dyn Workload>) -> Result<Vec<Op>, WorkloadError> {
     Ok(out)
 }
 
+/// The same operations, read a batch at a time.
+fn batched_ops(mut workload: Box<dyn Workload>) -> Result<Vec<Op>, WorkloadError> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        workload.next_batch(&mut batch)?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&batch);
+    }
+}
+
 #[test]
 fn compact_round_trip_of_a_real_trace() {
     let output = scratch("true.mvt");
@@ -37,6 +50,9 @@ fn compact_round_trip_of_a_real_trace() {
     let compact = ops(open_trace(&output, 1).expect("opens")).expect("reads");
     assert_eq!(lackey.len() as u64, count + 1, "a Spawn, then one op per record");
     assert_eq!(lackey, compact);
+    // Read in batches (as runs read them), both formats give the same operations.
+    assert_eq!(batched_ops(open_trace(&fixture(), 1).expect("opens")).expect("reads"), lackey);
+    assert_eq!(batched_ops(open_trace(&output, 1).expect("opens")).expect("reads"), lackey);
     // 32-byte header, 16-byte records.
     assert_eq!(std::fs::metadata(&output).expect("file").len(), 32 + 16 * count);
     assert!(!scratch("true.mvt.partial").exists());
