@@ -79,6 +79,20 @@ pub struct TlbArray {
     set_mask: Option<u64>,
     /// Entries of set `s` live at `s * ways ..`, the first `len[s]` of them valid, MRU first.
     slots: Vec<Option<TlbEntry>>,
+    /// Valid entries of each page size (4 KiB, 2 MiB, 1 GiB): a lookup or removal for a size
+    /// the array holds none of is answered without searching (a unified array searched for 2
+    /// MiB pages while it holds only 4 KiB ones, the usual case).
+    held: [u32; 3],
+}
+
+/// The index of `size` in [`TlbArray::held`].
+#[inline]
+fn size_index(size: PageSize) -> usize {
+    match size {
+        PageSize::Size4K => 0,
+        PageSize::Size2M => 1,
+        PageSize::Size1G => 2,
+    }
 }
 
 impl TlbArray {
@@ -87,7 +101,7 @@ impl TlbArray {
         let sets = sets.max(1);
         let ways = ways.max(1);
         let set_mask = sets.is_power_of_two().then(|| sets as u64 - 1);
-        Self { sets, ways, set_mask, slots: vec![None; sets * ways] }
+        Self { sets, ways, set_mask, slots: vec![None; sets * ways], held: [0; 3] }
     }
 
     /// Number of entries.
@@ -107,6 +121,9 @@ impl TlbArray {
     /// Looks `va` up as a page of `size`; on a hit the entry becomes most recently used.
     #[inline]
     pub fn lookup(&mut self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
+        if self.held[size_index(size)] == 0 {
+            return None;
+        }
         let vpn = page_number(va, size);
         let start = self.set_of(vpn);
         let set = &mut self.slots[start..start + self.ways];
@@ -152,6 +169,10 @@ impl TlbArray {
             slot.is_some_and(|e| e.vpn == entry.vpn && e.size == entry.size && e.tag == entry.tag)
         });
         let victim = same.unwrap_or_else(|| set.iter().position(Option::is_none).unwrap_or(set.len() - 1));
+        if let Some(gone) = set[victim] {
+            self.held[size_index(gone.size)] -= 1;
+        }
+        self.held[size_index(entry.size)] += 1;
         set[..=victim].rotate_right(1);
         set[0] = Some(entry);
     }
@@ -159,6 +180,9 @@ impl TlbArray {
     /// Removes the entries for pages of `size` covering `va` that `hit` selects: only the one
     /// set they can live in is searched.
     pub fn remove_page(&mut self, va: Gva, size: PageSize, mut hit: impl FnMut(&TlbEntry) -> bool) {
+        if self.held[size_index(size)] == 0 {
+            return;
+        }
         let vpn = page_number(va, size);
         let start = self.set_of(vpn);
         let set = &mut self.slots[start..start + self.ways];
@@ -168,10 +192,12 @@ impl TlbArray {
         let Some(first) = set.iter().position(|slot| slot.as_ref().is_some_and(&mut doomed)) else {
             return;
         };
-        let mut kept = first;
+        let (mut kept, mut removed) = (first, 1);
         for way in first + 1..set.len() {
             if let Some(entry) = set[way] {
-                if !doomed(&entry) {
+                if doomed(&entry) {
+                    removed += 1;
+                } else {
                     set[kept] = Some(entry);
                     kept += 1;
                 }
@@ -180,6 +206,7 @@ impl TlbArray {
         for slot in &mut set[kept..] {
             *slot = None;
         }
+        self.held[size_index(size)] -= removed;
     }
 
     /// Removes every entry for which `keep` says no, keeping the order of the rest.
@@ -191,6 +218,8 @@ impl TlbArray {
                     if keep(&entry) {
                         set[kept] = Some(entry);
                         kept += 1;
+                    } else {
+                        self.held[size_index(entry.size)] -= 1;
                     }
                 }
             }
@@ -203,6 +232,15 @@ impl TlbArray {
     /// Number of valid entries.
     pub fn occupancy(&self) -> usize {
         self.slots.iter().filter(|slot| slot.is_some()).count()
+    }
+
+    /// Whether the counts of entries by size agree with the slots (for tests).
+    #[cfg(test)]
+    pub fn counts_agree(&self) -> bool {
+        [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G].into_iter().all(|size| {
+            let found = self.slots.iter().flatten().filter(|e| e.size == size).count();
+            found == self.held[size_index(size)] as usize
+        })
     }
 }
 

@@ -381,6 +381,15 @@ mod tests {
                         searched.drop_entry(va, tag);
                     }
                 }
+                if step % 1000 == 0 {
+                    let arrays = [&shortcut.l1i, &shortcut.l1d, &shortcut.l2]
+                        .into_iter()
+                        .flat_map(|level| [&level.k4, &level.m2, &level.g1])
+                        .flatten();
+                    for array in arrays {
+                        assert!(array.counts_agree(), "seed {seed} step {step}: counts by size drifted");
+                    }
+                }
             }
             assert_eq!(shortcut.stats(), searched.stats(), "seed {seed}");
             assert!(repeats > 20_000, "seed {seed}: only {repeats} lookups took the shortcut");
