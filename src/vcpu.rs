@@ -152,8 +152,6 @@ impl Vcpu {
             return None;
         }
         self.tlb.count_unchanged_hit();
-        self.stats.translations += 1;
-        self.stats.tlb_hits += 1;
         Some(entry.translate(va))
     }
 
@@ -165,10 +163,9 @@ impl Vcpu {
         // Whether this attempt's lookup missed (then only the other L1 side can hold the page).
         let mut missed = false;
         if !retry {
-            self.stats.translations += 1;
+            // The TLB counts the lookup (translations, hits and misses come from its counts).
             match self.tlb.lookup(va, access.is_fetch(), tag) {
                 Some(hit) => {
-                    self.stats.tlb_hits += 1;
                     let entry = hit.entry;
                     if entry.serves(access, &self.cpu) {
                         return PageOutcome::Done(entry.translate(va));
@@ -177,10 +174,7 @@ impl Vcpu {
                     // rights it does not grant): the processor walks again.
                     self.tlb.drop_entry(va, tag);
                 }
-                None => {
-                    self.stats.tlb_misses += 1;
-                    missed = true;
-                }
+                None => missed = true,
             }
         }
         self.stats.walks += 1;

@@ -410,6 +410,10 @@ fn run_with<M: Mode>(
 fn guest_stats<M: Mode>(guest: &Guest<M>) -> Stats {
     let mut stats = guest.machine.vcpu.stats.clone();
     stats.tlb = guest.machine.vcpu.tlb.stats();
+    // Every translation but a retry after a fault is one TLB lookup, counted by the TLB.
+    stats.tlb_hits = stats.tlb.l1_hits + stats.tlb.l2_hits;
+    stats.tlb_misses = stats.tlb.misses;
+    stats.translations = stats.tlb_hits + stats.tlb_misses;
     let counters = guest.kernel.counters();
     stats.context_switches = counters.context_switches;
     stats.pages_mapped = counters.pages_mapped;

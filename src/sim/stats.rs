@@ -82,11 +82,12 @@ pub struct Stats {
     pub interrupted: bool,
     /// Memory accesses the workload made (after warm-up).
     pub accesses: u64,
-    /// Page translations those accesses needed (an access crossing a page boundary needs two).
+    /// Page translations those accesses needed (an access crossing a page boundary needs two):
+    /// the TLB lookups, `tlb_hits + tlb_misses`.
     pub translations: u64,
-    /// Translations found in a TLB.
+    /// Translations found in a TLB (`tlb.l1_hits + tlb.l2_hits`).
     pub tlb_hits: u64,
-    /// Translations not found in any TLB.
+    /// Translations not found in any TLB (`tlb.misses`).
     pub tlb_misses: u64,
     /// TLB hits by level.
     pub tlb: TlbLevelStats,
