@@ -89,8 +89,9 @@ pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
 }
 
 /// Measures every mode of `modes` on one workload, one after another on this thread, in
-/// `rounds` rounds that each measure the floor first and every mode after it; each keeps its
-/// best (shortest) time, the one least disturbed by whatever else the machine was doing.
+/// `rounds` rounds that each measure the floor first and every mode after it (starting from a
+/// different mode each round); each keeps its best (shortest) time, the one least disturbed by
+/// whatever else the machine was doing.
 pub fn measure(
     name: &str,
     modes: &[ModeName],
@@ -101,7 +102,7 @@ pub fn measure(
     let mut floor_best = (0, f64::INFINITY);
     let mut read_best = (0, f64::INFINITY);
     let mut best: Vec<(u64, f64)> = vec![(0, f64::INFINITY); modes.len()];
-    for _ in 0..rounds.max(1) {
+    for round in 0..rounds.max(1) as usize {
         let (operations, seconds) = read_only(factory)?;
         if seconds < read_best.1 {
             read_best = (operations, seconds);
@@ -110,7 +111,10 @@ pub fn measure(
         if seconds < floor_best.1 {
             floor_best = (accesses, seconds);
         }
-        for (&mode, best) in modes.iter().zip(&mut best) {
+        // Each round starts from another mode, so none always runs right after the floor.
+        for i in 0..modes.len() {
+            let index = (i + round) % modes.len();
+            let (mode, best) = (modes[index], &mut best[index]);
             let mut workload = factory()?;
             let start = Instant::now();
             let report = run(mode, config, workload.as_mut())?;
