@@ -329,7 +329,7 @@ fn run_with<M: Mode>(
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }
-    let mut feeds: Vec<Feed<'_>> = workloads.iter_mut().map(|w| Feed::new(&mut **w)).collect();
+    let mut feeds: Vec<_> = workloads.iter_mut().map(|w| Feed::new(&mut **w)).collect();
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut total_accesses = 0u64;
     let mut interrupted = false;
@@ -448,7 +448,7 @@ enum SliceEnd {
 /// access. Returns the accesses done and why it stopped. This is the hot loop of every run.
 fn run_slice<M: Mode>(
     guest: &mut Guest<M>,
-    feed: &mut Feed<'_>,
+    feed: &mut Feed<impl Workload>,
     verifier: &mut Verifier,
     budget: u64,
     warmed_up: bool,

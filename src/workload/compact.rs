@@ -101,6 +101,8 @@ pub struct CompactTrace<R> {
     header_read: bool,
     spawned: bool,
     records: u64,
+    /// The one-operation batch `next_op` reads through, kept to spare an allocation per call.
+    one: Vec<Op>,
 }
 
 impl<R: Read> CompactTrace<R> {
@@ -113,6 +115,7 @@ impl<R: Read> CompactTrace<R> {
             header_read: false,
             spawned: false,
             records: 0,
+            one: Vec::with_capacity(1),
         }
     }
 
@@ -243,9 +246,11 @@ fn explain_bad(bytes: &[u8], address: u64, size: u32) -> String {
 
 impl<R: Read + Send> Workload for CompactTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
-        let mut one = Vec::with_capacity(1);
+        let mut one = std::mem::take(&mut self.one);
         self.fill_batch(&mut one, 1)?;
-        Ok(one.pop())
+        let op = one.pop();
+        self.one = one;
+        Ok(op)
     }
 
     fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {

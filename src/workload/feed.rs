@@ -8,9 +8,10 @@ use crate::workload::{Op, Workload, WorkloadError};
 /// enough (48 KiB) to stay in the first-level cache beside the simulation's own data.
 pub const BATCH_OPS: usize = 1024;
 
-/// A workload's operations, one at a time, read from it a batch at a time.
-pub struct Feed<'a> {
-    workload: &'a mut dyn Workload,
+/// A workload's operations, read from it a batch at a time. `W` is the workload itself, a
+/// box of one, or a `&mut` borrow of one.
+pub struct Feed<W> {
+    workload: W,
     batch: Vec<Op>,
     next: usize,
     /// An error the workload reported after the operations still in `batch`.
@@ -18,9 +19,9 @@ pub struct Feed<'a> {
     ended: bool,
 }
 
-impl<'a> Feed<'a> {
+impl<W: Workload> Feed<W> {
     /// Reads `workload` in batches.
-    pub fn new(workload: &'a mut dyn Workload) -> Self {
+    pub fn new(workload: W) -> Self {
         Self { workload, batch: Vec::with_capacity(BATCH_OPS), next: 0, pending: None, ended: false }
     }
 
@@ -85,7 +86,7 @@ mod tests {
     }
 
     /// Every operation, one at a time, and the error that ended them if any.
-    fn drain(feed: &mut Feed<'_>) -> (Vec<Op>, Option<String>) {
+    fn drain(feed: &mut Feed<&mut Counted>) -> (Vec<Op>, Option<String>) {
         let mut ops = Vec::new();
         loop {
             match feed.pending() {

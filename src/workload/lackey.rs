@@ -165,6 +165,8 @@ pub struct LackeyTrace<R> {
     line: u64,
     spawned: bool,
     accesses: u64,
+    /// The one-operation batch `next_op` reads through, kept to spare an allocation per call.
+    one: Vec<Op>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -179,15 +181,18 @@ impl<R: Read> LackeyTrace<R> {
             line: 0,
             spawned: false,
             accesses: 0,
+            one: Vec::with_capacity(1),
         }
     }
 }
 
 impl<R: Read + Send> Workload for LackeyTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
-        let mut one = Vec::with_capacity(1);
+        let mut one = std::mem::take(&mut self.one);
         self.fill_batch(&mut one, 1)?;
-        Ok(one.pop())
+        let op = one.pop();
+        self.one = one;
+        Ok(op)
     }
 
     fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {

@@ -128,6 +128,28 @@ pub trait Workload: Send {
     }
 }
 
+/// A workload borrowed is a workload (so a [`feed::Feed`] can read one it does not own).
+impl<W: Workload + ?Sized> Workload for &mut W {
+    fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        (**self).next_op()
+    }
+
+    fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
+        (**self).next_batch(out)
+    }
+}
+
+/// A boxed workload is a workload.
+impl<W: Workload + ?Sized> Workload for Box<W> {
+    fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
+        (**self).next_op()
+    }
+
+    fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
+        (**self).next_batch(out)
+    }
+}
+
 /// A workload that cannot be read or built.
 #[derive(Debug)]
 pub enum WorkloadError {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::guest::Pid;
 use crate::workload::compact::{CompactTrace, CompactWriter, MAGIC};
+use crate::workload::feed::Feed;
 use crate::workload::lackey::LackeyTrace;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -56,16 +57,21 @@ pub fn open_trace(path: &Path, pid: Pid) -> Result<Box<dyn Workload>, WorkloadEr
 /// `output`, written to `output.partial` and renamed when complete. `progress` hears the
 /// record count now and then. Returns the number of records.
 pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Result<u64, WorkloadError> {
-    let mut trace = open_trace(input, 1)?;
+    let mut trace = Feed::new(open_trace(input, 1)?);
     write_compact(
         output,
-        &mut |sink| {
-            while let Some(op) = trace.next_op()? {
-                if let Op::Access { va, kind, size, .. } = op {
+        &mut |sink| loop {
+            let ops = trace.pending()?;
+            if ops.is_empty() {
+                return Ok(());
+            }
+            for op in ops {
+                if let Op::Access { va, kind, size, .. } = *op {
                     sink(kind, va.as_u64(), size)?;
                 }
             }
-            Ok(())
+            let count = ops.len();
+            trace.consume(count);
         },
         progress,
     )
