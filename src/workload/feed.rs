@@ -5,7 +5,7 @@
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// The most operations one batch holds: enough to make the call per batch negligible, few
-/// enough (48 KiB) to stay in the first-level cache beside the simulation's own data.
+/// enough (32 KiB) to stay in the first-level cache beside the simulation's own data.
 pub const BATCH_OPS: usize = 1024;
 
 /// A workload's operations, read from it a batch at a time. `W` is the workload itself, a
@@ -65,7 +65,7 @@ impl<W: Workload> Feed<W> {
 mod tests {
     use super::*;
 
-    /// Yields `ops` accesses, then an error if `fail`.
+    /// Yields `left` operations, then an error if `fail`.
     struct Counted {
         left: u32,
         fail: bool,
