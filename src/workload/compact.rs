@@ -11,7 +11,7 @@ use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
 use crate::workload::chunks::Chunks;
-use crate::workload::feed::BATCH_OPS;
+use crate::workload::feed::{one_op, BATCH_OPS};
 use crate::workload::lackey::MAX_ACCESS_BYTES;
 use crate::workload::{Op, Workload, WorkloadError};
 
@@ -101,8 +101,6 @@ pub struct CompactTrace<R> {
     header_read: bool,
     spawned: bool,
     records: u64,
-    /// The one-operation batch `next_op` reads through, kept to spare an allocation per call.
-    one: Vec<Op>,
 }
 
 impl<R: Read> CompactTrace<R> {
@@ -115,7 +113,6 @@ impl<R: Read> CompactTrace<R> {
             header_read: false,
             spawned: false,
             records: 0,
-            one: Vec::with_capacity(1),
         }
     }
 
@@ -246,11 +243,7 @@ fn explain_bad(bytes: &[u8], address: u64, size: u32) -> String {
 
 impl<R: Read + Send> Workload for CompactTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
-        let mut one = std::mem::take(&mut self.one);
-        self.fill_batch(&mut one, 1)?;
-        let op = one.pop();
-        self.one = one;
-        Ok(op)
+        one_op(|out| self.fill_batch(out, 1))
     }
 
     fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {

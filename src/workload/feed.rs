@@ -8,6 +8,16 @@ use crate::workload::{Op, Workload, WorkloadError};
 /// enough (32 KiB) to stay in the first-level cache beside the simulation's own data.
 pub const BATCH_OPS: usize = 1024;
 
+/// One operation from a reader that decodes batches: `fill` asked for a batch of at most one
+/// (how the trace readers answer [`Workload::next_op`], which runs do not use).
+pub fn one_op(
+    fill: impl FnOnce(&mut Vec<Op>) -> Result<(), WorkloadError>,
+) -> Result<Option<Op>, WorkloadError> {
+    let mut one = Vec::with_capacity(1);
+    fill(&mut one)?;
+    Ok(one.pop())
+}
+
 /// A workload's operations, read from it a batch at a time. `W` is the workload itself, a
 /// box of one, or a `&mut` borrow of one.
 pub struct Feed<W> {

@@ -13,7 +13,7 @@ use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
 use crate::workload::chunks::Chunks;
-use crate::workload::feed::BATCH_OPS;
+use crate::workload::feed::{one_op, BATCH_OPS};
 use crate::workload::{Op, Workload, WorkloadError};
 
 /// The largest access size accepted on a line, in bytes.
@@ -165,8 +165,6 @@ pub struct LackeyTrace<R> {
     line: u64,
     spawned: bool,
     accesses: u64,
-    /// The one-operation batch `next_op` reads through, kept to spare an allocation per call.
-    one: Vec<Op>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -181,18 +179,13 @@ impl<R: Read> LackeyTrace<R> {
             line: 0,
             spawned: false,
             accesses: 0,
-            one: Vec::with_capacity(1),
         }
     }
 }
 
 impl<R: Read + Send> Workload for LackeyTrace<R> {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
-        let mut one = std::mem::take(&mut self.one);
-        self.fill_batch(&mut one, 1)?;
-        let op = one.pop();
-        self.one = one;
-        Ok(op)
+        one_op(|out| self.fill_batch(out, 1))
     }
 
     fn next_batch(&mut self, out: &mut Vec<Op>) -> Result<(), WorkloadError> {
