@@ -50,14 +50,10 @@ pub fn read_only(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> 
     let mut feed = Feed::new(workload.as_mut());
     let start = Instant::now();
     let mut operations = 0u64;
-    loop {
-        let count = feed.pending()?.len();
-        if count == 0 {
-            break;
-        }
-        operations += count as u64;
-        feed.consume(count);
-    }
+    feed.for_each_batch(|ops| -> Result<(), SimError> {
+        operations += ops.len() as u64;
+        Ok(())
+    })?;
     Ok((operations, start.elapsed().as_secs_f64()))
 }
 
@@ -69,20 +65,15 @@ pub fn floor(factory: &WorkloadFactory<'_>) -> Result<(u64, f64), SimError> {
     let mut pages: FxHashMap<(u32, u64), u32> = FxHashMap::default();
     let start = Instant::now();
     let mut accesses = 0u64;
-    loop {
-        let ops = feed.pending()?;
-        if ops.is_empty() {
-            break;
-        }
+    feed.for_each_batch(|ops| -> Result<(), SimError> {
         for op in ops {
             if let Op::Access { pid, va, .. } = *op {
                 accesses += 1;
                 *pages.entry((pid, va.vpn())).or_insert(0) += 1;
             }
         }
-        let count = ops.len();
-        feed.consume(count);
-    }
+        Ok(())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     std::hint::black_box(&pages);
     Ok((accesses, seconds))

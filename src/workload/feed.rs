@@ -51,6 +51,23 @@ impl<W: Workload> Feed<W> {
         self.next = (self.next + count).min(self.batch.len());
     }
 
+    /// Hands every remaining operation to `each`, a batch at a time, to the end or the first
+    /// error (of the workload or of `each`).
+    pub fn for_each_batch<E: From<WorkloadError>>(
+        &mut self,
+        mut each: impl FnMut(&[Op]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        loop {
+            let ops = self.pending()?;
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let count = ops.len();
+            each(ops)?;
+            self.consume(count);
+        }
+    }
+
     #[cold]
     fn refill(&mut self) -> Result<(), WorkloadError> {
         if let Some(error) = self.pending.take() {

@@ -60,18 +60,15 @@ pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Re
     let mut trace = Feed::new(open_trace(input, 1)?);
     write_compact(
         output,
-        &mut |sink| loop {
-            let ops = trace.pending()?;
-            if ops.is_empty() {
-                return Ok(());
-            }
-            for op in ops {
-                if let Op::Access { va, kind, size, .. } = *op {
-                    sink(kind, va.as_u64(), size)?;
+        &mut |sink| {
+            trace.for_each_batch(|ops| {
+                for op in ops {
+                    if let Op::Access { va, kind, size, .. } = *op {
+                        sink(kind, va.as_u64(), size)?;
+                    }
                 }
-            }
-            let count = ops.len();
-            trace.consume(count);
+                Ok(())
+            })
         },
         progress,
     )
