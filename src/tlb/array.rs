@@ -2,6 +2,7 @@
 
 use crate::addr::{Gva, Hpa, PageSize};
 use crate::paging::{Access, AccessKind, CpuState, Privilege, Rights};
+use crate::tlb::sets::SetLayout;
 
 /// What a TLB entry is tagged with besides the page number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -72,11 +73,7 @@ pub fn page_number(va: Gva, size: PageSize) -> u64 {
 /// A set-associative array of `sets` x `ways` entries; each set is kept most-recent first.
 #[derive(Clone, Debug)]
 pub struct TlbArray {
-    sets: usize,
-    ways: usize,
-    /// `sets - 1` when the set count is a power of two (the usual case): a mask instead of
-    /// a division on every lookup.
-    set_mask: Option<u64>,
+    layout: SetLayout,
     /// Entries of set `s` live at `s * ways ..`, the first `len[s]` of them valid, MRU first.
     slots: Vec<Option<TlbEntry>>,
     /// Valid entries of each page size (4 KiB, 2 MiB, 1 GiB): a lookup or removal for a size
@@ -95,27 +92,42 @@ fn size_index(size: PageSize) -> usize {
     }
 }
 
+/// Keeps the entries of one set that `keep` accepts, in their order and packed at the front,
+/// taking the others out of the counts by size.
+fn compact(set: &mut [Option<TlbEntry>], held: &mut [u32; 3], mut keep: impl FnMut(&TlbEntry) -> bool) {
+    let mut kept = 0;
+    for way in 0..set.len() {
+        if let Some(entry) = set[way] {
+            if keep(&entry) {
+                set[kept] = Some(entry);
+                kept += 1;
+            } else {
+                held[size_index(entry.size)] -= 1;
+            }
+        }
+    }
+    for slot in &mut set[kept..] {
+        *slot = None;
+    }
+}
+
 impl TlbArray {
     /// An empty array. `sets` and `ways` must be at least 1.
     pub fn new(sets: usize, ways: usize) -> Self {
-        let sets = sets.max(1);
-        let ways = ways.max(1);
-        let set_mask = sets.is_power_of_two().then(|| sets as u64 - 1);
-        Self { sets, ways, set_mask, slots: vec![None; sets * ways], held: [0; 3] }
+        let layout = SetLayout::new(sets, ways);
+        Self { layout, slots: vec![None; layout.slots()], held: [0; 3] }
     }
 
     /// Number of entries.
     pub fn capacity(&self) -> usize {
-        self.sets * self.ways
+        self.layout.slots()
     }
 
+    /// The slots of the set `vpn` falls in.
     #[inline]
-    fn set_of(&self, vpn: u64) -> usize {
-        let set = match self.set_mask {
-            Some(mask) => vpn & mask,
-            None => vpn % self.sets as u64,
-        };
-        usize::try_from(set).unwrap_or(0) * self.ways
+    fn set_of(&mut self, vpn: u64) -> &mut [Option<TlbEntry>] {
+        let first = self.layout.first_slot(vpn);
+        &mut self.slots[first..first + self.layout.ways()]
     }
 
     /// Looks `va` up as a page of `size`; on a hit the entry becomes most recently used.
@@ -125,8 +137,7 @@ impl TlbArray {
             return None;
         }
         let vpn = page_number(va, size);
-        let start = self.set_of(vpn);
-        let set = &mut self.slots[start..start + self.ways];
+        let set = self.set_of(vpn);
         for way in 0..set.len() {
             match set[way] {
                 Some(entry)
@@ -152,7 +163,7 @@ impl TlbArray {
     #[inline(always)]
     pub fn most_recent(&self, va: Gva, size: PageSize, tag: TlbTag) -> Option<TlbEntry> {
         let vpn = page_number(va, size);
-        let entry = self.slots[self.set_of(vpn)]?;
+        let entry = self.slots[self.layout.first_slot(vpn)]?;
         let hit = entry.vpn == vpn
             && entry.size == size
             && entry.tag.vpid == tag.vpid
@@ -163,18 +174,18 @@ impl TlbArray {
     /// Inserts an entry as most recently used, evicting the least recently used of its set,
     /// and replacing any entry for the same page and tag.
     pub fn insert(&mut self, entry: TlbEntry) {
-        let start = self.set_of(entry.vpn);
-        let set = &mut self.slots[start..start + self.ways];
+        let set = self.set_of(entry.vpn);
         let same = set.iter().position(|slot| {
             slot.is_some_and(|e| e.vpn == entry.vpn && e.size == entry.size && e.tag == entry.tag)
         });
         let victim = same.unwrap_or_else(|| set.iter().position(Option::is_none).unwrap_or(set.len() - 1));
-        if let Some(gone) = set[victim] {
+        let gone = set[victim];
+        set[..=victim].rotate_right(1);
+        set[0] = Some(entry);
+        if let Some(gone) = gone {
             self.held[size_index(gone.size)] -= 1;
         }
         self.held[size_index(entry.size)] += 1;
-        set[..=victim].rotate_right(1);
-        set[0] = Some(entry);
     }
 
     /// Removes the entries for pages of `size` covering `va` that `hit` selects: only the one
@@ -184,48 +195,20 @@ impl TlbArray {
             return;
         }
         let vpn = page_number(va, size);
-        let start = self.set_of(vpn);
-        let set = &mut self.slots[start..start + self.ways];
+        let first = self.layout.first_slot(vpn);
+        let set = &mut self.slots[first..first + self.layout.ways()];
         let mut doomed = |entry: &TlbEntry| entry.size == size && entry.vpn == vpn && hit(entry);
         // Usually nothing matches (a fault on a page the TLB does not hold): look first, and
         // only rewrite the set when an entry goes.
-        let Some(first) = set.iter().position(|slot| slot.as_ref().is_some_and(&mut doomed)) else {
-            return;
-        };
-        let (mut kept, mut removed) = (first, 1);
-        for way in first + 1..set.len() {
-            if let Some(entry) = set[way] {
-                if doomed(&entry) {
-                    removed += 1;
-                } else {
-                    set[kept] = Some(entry);
-                    kept += 1;
-                }
-            }
+        if set.iter().any(|slot| slot.as_ref().is_some_and(&mut doomed)) {
+            compact(set, &mut self.held, |entry| !doomed(entry));
         }
-        for slot in &mut set[kept..] {
-            *slot = None;
-        }
-        self.held[size_index(size)] -= removed;
     }
 
     /// Removes every entry for which `keep` says no, keeping the order of the rest.
     pub fn retain(&mut self, mut keep: impl FnMut(&TlbEntry) -> bool) {
-        for set in self.slots.chunks_mut(self.ways) {
-            let mut kept = 0;
-            for way in 0..set.len() {
-                if let Some(entry) = set[way] {
-                    if keep(&entry) {
-                        set[kept] = Some(entry);
-                        kept += 1;
-                    } else {
-                        self.held[size_index(entry.size)] -= 1;
-                    }
-                }
-            }
-            for slot in &mut set[kept..] {
-                *slot = None;
-            }
+        for set in self.slots.chunks_mut(self.layout.ways()) {
+            compact(set, &mut self.held, &mut keep);
         }
     }
 

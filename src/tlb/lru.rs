@@ -1,13 +1,12 @@
 //! A small set-associative LRU map, the storage of the paging-structure caches and the nested
 //! TLB.
 
+use crate::tlb::sets::SetLayout;
+
 /// `sets` x `ways` slots of `(key, value)`, each set most recently used first.
 #[derive(Clone, Debug)]
 pub struct LruSets<K, V> {
-    sets: usize,
-    ways: usize,
-    /// `sets - 1` when the set count is a power of two: a mask instead of a division.
-    set_mask: Option<u64>,
+    layout: SetLayout,
     slots: Vec<Option<(K, V)>>,
 }
 
@@ -15,18 +14,13 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
     /// `entries` slots, `ways`-way (at least one set of one way).
     pub fn new(entries: usize, ways: usize) -> Self {
         let ways = ways.max(1);
-        let sets = (entries / ways).max(1);
-        let set_mask = sets.is_power_of_two().then(|| sets as u64 - 1);
-        Self { sets, ways, set_mask, slots: vec![None; sets * ways] }
+        let layout = SetLayout::new(entries / ways, ways);
+        Self { layout, slots: vec![None; layout.slots()] }
     }
 
     fn set(&mut self, hint: u64) -> &mut [Option<(K, V)>] {
-        let set = match self.set_mask {
-            Some(mask) => hint & mask,
-            None => hint % self.sets as u64,
-        };
-        let index = usize::try_from(set).unwrap_or(0) * self.ways;
-        &mut self.slots[index..index + self.ways]
+        let first = self.layout.first_slot(hint);
+        &mut self.slots[first..first + self.layout.ways()]
     }
 
     /// The value for `key`, which lives in set `hint mod sets`; a hit becomes most recent.
@@ -61,7 +55,7 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
             }
         }
         // Close the gaps so every set stays most-recent-first with empties last.
-        for set in self.slots.chunks_mut(self.ways) {
+        for set in self.slots.chunks_mut(self.layout.ways()) {
             let mut kept = 0;
             for way in 0..set.len() {
                 if let Some(entry) = set[way].take() {

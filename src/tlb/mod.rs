@@ -15,5 +15,6 @@ pub mod hierarchy;
 pub use array::{TlbArray, TlbEntry, TlbTag};
 pub use hierarchy::{Tlb, TlbConfig, TlbHit, TlbLevelStats};
 pub mod lru;
+pub mod sets;
 pub mod walk_cache;
 pub use walk_cache::{NestedTlb, PagingStructureCache, WalkCacheStats};
