@@ -503,8 +503,7 @@ impl<M: Mode> Guest<M> {
     /// [`access`].
     #[inline]
     fn unchanged_hit(&mut self, pid: Pid, va: Gva, access: Access, size: u32) -> bool {
-        let one_page = va.page_offset(PageSize::Size4K) + u64::from(size.max(1)) <= PAGE_BYTES;
-        if !one_page
+        if !within_one_page(va, size)
             || self.kernel.current() != Some(pid)
             || self.machine.vcpu.unchanged_hit(va, access).is_none()
         {
@@ -553,6 +552,13 @@ fn apply<M: Mode>(guest: &mut Guest<M>, op: Op) -> Result<(), SimError> {
     Ok(())
 }
 
+/// Whether an access of `size` bytes at `va` stays inside one 4 KiB page (a size of 0 counts
+/// as 1).
+#[inline]
+fn within_one_page(va: Gva, size: u32) -> bool {
+    va.page_offset(PageSize::Size4K) + u64::from(size.max(1)) <= PAGE_BYTES
+}
+
 /// One access of `size` bytes at `va` by `pid`: every 4 KiB page it touches is translated.
 #[inline(never)]
 fn access<M: Mode>(
@@ -569,11 +575,10 @@ fn access<M: Mode>(
     if guest.first_access.is_none() {
         guest.first_access = Some((va, access));
     }
-    let bytes = u64::from(size.max(1));
-    if va.page_offset(PageSize::Size4K) + bytes <= PAGE_BYTES {
+    if within_one_page(va, size) {
         return access_page(machine, kernel, verifier, pid, va, access);
     }
-    let last = va.as_u64().saturating_add(bytes - 1);
+    let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
     let mut page = va;
     loop {
         access_page(machine, kernel, verifier, pid, page, access)?;
