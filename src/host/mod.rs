@@ -2,6 +2,7 @@
 //! page tables (HVA -> HPA, ordinary x86-64 4-level tables held as bytes). Guest RAM is a
 //! memory slot of the VMM process, backed lazily with 4 KiB, 2 MiB or 1 GiB host pages.
 
+pub mod frame_memo;
 pub mod guest_memory;
 
 use std::cell::RefCell;
@@ -15,6 +16,7 @@ use crate::memory::{BigFrame, FrameAllocator, MemorySlot, MemorySlots, OutOfFram
 use crate::paging::builder::{self, EntryFormat, InstallError, TableStore};
 use crate::paging::Pte;
 
+pub use frame_memo::FrameMemo;
 pub use guest_memory::GuestMemory;
 
 /// Where the VMM maps guest RAM in its address space (1 GiB-aligned, in the user half).
@@ -62,10 +64,9 @@ pub struct Host {
     page_size: PageSize,
     host_table_frames: u64,
     slots: MemorySlots,
-    /// A direct-mapped cache of recent GPA -> HPA backings (4 KiB granularity), like a VMM's
-    /// gfn-to-pfn cache. Backings never change once made (the host does not reclaim guest
-    /// memory), so entries never go stale.
-    recent: Vec<(u64, u64, PageSize)>,
+    /// Recent GPA -> HPA backings with the host page size. Backings never change once made
+    /// (the host does not reclaim guest memory), so entries never go stale.
+    recent: FrameMemo<PageSize>,
 }
 
 /// Entries in the backing cache.
@@ -115,7 +116,7 @@ impl Host {
             page_size,
             host_table_frames: 1,
             slots,
-            recent: vec![(u64::MAX, 0, PageSize::Size4K); RECENT],
+            recent: FrameMemo::new(RECENT, PageSize::Size4K),
         })
     }
 
@@ -170,39 +171,24 @@ impl Host {
 
     /// The host-physical address backing `gpa` if it has been backed, without backing it.
     pub fn backing_of(&mut self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
-        if let Some(found) = self.recent_backing(gpa) {
+        if let Some(found) = self.recent.get(gpa) {
             return Some(found);
         }
         let hva = self.slots.hva_of(gpa)?;
         let found = self.hpa_of_hva(hva)?;
-        self.remember(gpa, found);
+        self.recent.remember(gpa, found.0, found.1);
         Some(found)
-    }
-
-    #[inline]
-    fn recent_slot(gpa: Gpa) -> usize {
-        usize::try_from(gpa.frame().number() % RECENT as u64).unwrap_or(0)
-    }
-
-    #[inline]
-    fn recent_backing(&self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
-        let (gfn, page, size) = self.recent[Self::recent_slot(gpa)];
-        (gfn == gpa.frame().number()).then(|| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), size))
-    }
-
-    fn remember(&mut self, gpa: Gpa, (hpa, size): (Hpa, PageSize)) {
-        self.recent[Self::recent_slot(gpa)] = (gpa.frame().number(), hpa.as_u64() & !0xfff, size);
     }
 
     /// The host-physical address backing `gpa`, backing its page first if the VMM has not
     /// touched it yet (the host kernel's demand paging of the VMM's memory).
     pub fn back(&mut self, gpa: Gpa) -> Result<(Hpa, PageSize), BackingError> {
-        if let Some(found) = self.recent_backing(gpa) {
+        if let Some(found) = self.recent.get(gpa) {
             return Ok(found);
         }
         let hva = self.slots.hva_of(gpa).ok_or(BackingError::Unbacked(gpa))?;
         if let Some(found) = self.hpa_of_hva(hva) {
-            self.remember(gpa, found);
+            self.recent.remember(gpa, found.0, found.1);
             return Ok(found);
         }
         // Fall back to smaller host pages where the slot does not cover a whole large page.

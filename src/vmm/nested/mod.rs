@@ -11,7 +11,7 @@ pub mod guest_view;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
 use crate::ept::NestedAccess;
-use crate::host::{BackingError, GuestMemory, Host, VmmTables};
+use crate::host::{BackingError, FrameMemo, GuestMemory, Host, VmmTables};
 use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, InstallError};
 use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
@@ -35,18 +35,17 @@ pub struct Nested<F> {
     format: F,
     root: Hpa,
     table_frames: u64,
-    /// Guest frames the nested table maps, with the host-physical 4 KiB page each maps to,
-    /// direct-mapped by frame number: the simulator's shortcut for the guest kernel's own
-    /// accesses (which are not counted as references). Valid for good because the nested table
-    /// only ever gains mappings; `u64::MAX` marks an empty slot.
-    kernel_pages: Vec<(u64, u64)>,
+    /// Guest frames the nested table maps and where: the simulator's shortcut for the guest
+    /// kernel's own accesses (which are not counted as references). Valid for good because the
+    /// nested table only ever gains mappings.
+    kernel_pages: FrameMemo<()>,
 }
 
 impl<F: NestedFormat> Nested<F> {
     /// A VM with an empty nested table over `host`.
     pub fn new(format: F, mut host: Host) -> Result<Self, OutOfFrames> {
         let root = host.table_frame()?;
-        Ok(Self { host, format, root, table_frames: 1, kernel_pages: vec![(u64::MAX, 0); KERNEL_PAGES] })
+        Ok(Self { host, format, root, table_frames: 1, kernel_pages: FrameMemo::new(KERNEL_PAGES, ()) })
     }
 
     /// The nested root (EPTP / nCR3 address).
@@ -130,11 +129,8 @@ impl<F: NestedFormat> Nested<F> {
     /// The host-physical address of `gpa` for the guest kernel's own accesses, taking the
     /// violation exit a first touch causes. `None` for an address outside every slot.
     fn kernel_access(&mut self, gpa: Gpa, stats: &mut Stats) -> Option<Hpa> {
-        let gfn = gpa.frame().number();
-        let memo = usize::try_from(gfn % KERNEL_PAGES as u64).unwrap_or(0);
-        let offset = gpa.page_offset(PageSize::Size4K);
-        if self.kernel_pages[memo].0 == gfn {
-            return Some(Hpa::new(self.kernel_pages[memo].1 | offset));
+        if let Some((hpa, ())) = self.kernel_pages.get(gpa) {
+            return Some(hpa);
         }
         let slot = builder::lookup(
             &mut self.host.memory,
@@ -155,7 +151,7 @@ impl<F: NestedFormat> Nested<F> {
             self.handle_exit(fault, stats).ok()?;
             self.host.backing_of(gpa).map(|(hpa, _)| hpa)?
         };
-        self.kernel_pages[memo] = (gfn, hpa.as_u64() & !(PAGE_BYTES - 1));
+        self.kernel_pages.remember(gpa, hpa, ());
         Some(hpa)
     }
 }

@@ -1,0 +1,56 @@
+//! A direct-mapped memo of where guest frames live in host memory: a shortcut around lookups
+//! whose answer never changes once found (backings are never taken back, nested tables only
+//! gain mappings), like a VMM's gfn-to-pfn cache.
+
+use crate::addr::{Gpa, Hpa, PageSize, PAGE_BYTES};
+
+/// Guest frame -> host 4 KiB page, with `V` remembered beside it, one entry per slot
+/// (frame number mod slots).
+#[derive(Clone, Debug)]
+pub struct FrameMemo<V> {
+    /// (guest frame number or `u64::MAX` when empty, host page, extra).
+    slots: Vec<(u64, u64, V)>,
+}
+
+impl<V: Copy> FrameMemo<V> {
+    /// An empty memo of `entries` slots; `empty` fills the unused extras.
+    pub fn new(entries: usize, empty: V) -> Self {
+        Self { slots: vec![(u64::MAX, 0, empty); entries.max(1)] }
+    }
+
+    #[inline]
+    fn slot(&self, gpa: Gpa) -> usize {
+        usize::try_from(gpa.frame().number() % self.slots.len() as u64).unwrap_or(0)
+    }
+
+    /// The host address of `gpa` and what was remembered with it, if its frame is in the memo.
+    #[inline]
+    pub fn get(&self, gpa: Gpa) -> Option<(Hpa, V)> {
+        let (frame, page, extra) = self.slots[self.slot(gpa)];
+        (frame == gpa.frame().number()).then(|| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), extra))
+    }
+
+    /// Remembers that `gpa`'s frame lives at `hpa`'s 4 KiB page.
+    #[inline]
+    pub fn remember(&mut self, gpa: Gpa, hpa: Hpa, extra: V) {
+        let slot = self.slot(gpa);
+        self.slots[slot] = (gpa.frame().number(), hpa.as_u64() & !(PAGE_BYTES - 1), extra);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_one_frame_per_slot() {
+        let mut memo = FrameMemo::new(4, ());
+        assert_eq!(memo.get(Gpa::new(0x1234)), None);
+        memo.remember(Gpa::new(0x1000), Hpa::new(0x9_9000), ());
+        assert_eq!(memo.get(Gpa::new(0x1234)), Some((Hpa::new(0x9_9234), ())));
+        // Frame 5 shares frame 1's slot and replaces it.
+        memo.remember(Gpa::new(0x5000), Hpa::new(0x7_7000), ());
+        assert_eq!(memo.get(Gpa::new(0x1234)), None);
+        assert_eq!(memo.get(Gpa::new(0x5008)), Some((Hpa::new(0x7_7008), ())));
+    }
+}
