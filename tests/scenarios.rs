@@ -187,3 +187,37 @@ fn the_crossover_table_updates_favour_nested_tlb_misses_favour_shadow() {
     let per_walk = |r: &RunReport| r.stats.refs_per_walk();
     assert!(per_walk(&ept) > 2.0 * per_walk(&shadow));
 }
+
+#[test]
+fn prefetching_walks_changes_nothing_a_run_reports() {
+    // Workloads whose walks come in long runs (so prefetching happens), with several
+    // processes, forks, unmapping and large pages among them.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], PageSize);
+    let cases: [Case; 5] = [
+        ("uniform-random", &[("size", "1G"), ("accesses", "30000")], PageSize::Size4K),
+        ("fork-storm", &[("forks", "20"), ("work", "300")], PageSize::Size4K),
+        ("mmap-churn", &[("ops", "300"), ("live", "8"), ("max-pages", "600")], PageSize::Size4K),
+        (
+            "multi-process",
+            &[("processes", "4"), ("size", "64M"), ("accesses", "40000"), ("quantum", "7")],
+            PageSize::Size4K,
+        ),
+        ("mixed", &[("forks", "10"), ("size", "64M"), ("updates", "20000")], PageSize::Size2M),
+    ];
+    for (name, params, page_size) in cases {
+        for mode in ALL {
+            for verify in [false, true] {
+                let report = |prefetch: usize| {
+                    let config = SimConfig { prefetch, verify, ..SimConfig::default() };
+                    run(mode, &config, build(name, params, page_size).as_mut()).expect("run")
+                };
+                let (without, with) = (report(0), report(SimConfig::default().prefetch));
+                assert!(without.stats.walks > 1000, "{name} {mode:?}: too few walks to prefetch any");
+                assert_eq!(without.stats, with.stats, "{name} {mode:?} verify {verify}");
+                assert_eq!(without.verified, with.verified, "{name} {mode:?}");
+                // The most a prefetch covers, and beyond.
+                assert_eq!(report(1000).stats, with.stats, "{name} {mode:?} verify {verify}");
+            }
+        }
+    }
+}

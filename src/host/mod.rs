@@ -158,15 +158,19 @@ impl Host {
     }
 
     /// The host-physical address of `hva` through the VMM's page tables, if mapped.
-    pub fn hpa_of_hva(&mut self, hva: Hva) -> Option<(Hpa, PageSize)> {
-        let slot =
-            builder::lookup(&mut self.memory, EntryFormat::X86, self.root, PagingLevels::Four, hva.as_u64());
-        if !slot.leaf {
-            return None;
+    pub fn hpa_of_hva(&self, hva: Hva) -> Option<(Hpa, PageSize)> {
+        let read = |addr| self.memory.read_u64(addr);
+        let slot = builder::search(read, EntryFormat::X86, self.root, PagingLevels::Four, hva.as_u64());
+        slot.mapped(hva.as_u64()).map(|(hpa, size)| (Hpa::new(hpa), size))
+    }
+
+    /// The host-physical address backing `gpa` if it has been backed, read without side
+    /// effects (not even on the memo of recent backings).
+    pub fn peek_backing(&self, gpa: Gpa) -> Option<Hpa> {
+        match self.recent.get(gpa) {
+            Some((hpa, _)) => Some(hpa),
+            None => self.hpa_of_hva(self.slots.hva_of(gpa)?).map(|(hpa, _)| hpa),
         }
-        let size = slot.level.leaf_size()?;
-        let page = (slot.value & Pte::ADDRESS_MASK) & !(size.bytes() - 1);
-        Some((Hpa::new(page | hva.page_offset(size)), size))
     }
 
     /// The host-physical address backing `gpa` if it has been backed, without backing it.

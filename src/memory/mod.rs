@@ -4,6 +4,6 @@ pub mod allocator;
 pub mod phys;
 
 pub use allocator::{BigFrame, FrameAllocator, FrameNumber, OutOfFrames};
-pub use phys::PhysMemory;
+pub use phys::{PhysMemory, Touches};
 pub mod slots;
 pub use slots::{MemorySlot, MemorySlots};

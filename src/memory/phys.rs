@@ -115,6 +115,20 @@ impl PhysMemory {
         self.frames.borrow_mut().get_or_create(addr.frame())[word_index(addr)] = value;
     }
 
+    /// Reads the words `touches` names, for their effect on the host's caches alone: the
+    /// reads do not depend on each other, so their cache misses overlap (see
+    /// `Mode::prefetch`). Changes nothing.
+    pub fn touch(&self, touches: &Touches) {
+        let frames = self.frames.borrow();
+        let mut seen = 0;
+        for &addr in &touches.addrs[..touches.len] {
+            if let Some(words) = frames.get(addr.frame()) {
+                seen ^= words[word_index(addr)];
+            }
+        }
+        std::hint::black_box(seen);
+    }
+
     /// Zeroes a frame and drops its storage.
     pub fn zero_frame(&mut self, frame: Hfn) {
         self.frames.borrow_mut().remove(frame);
@@ -128,6 +142,38 @@ impl PhysMemory {
     /// Bytes of frame storage held.
     pub fn stored_bytes(&self) -> u64 {
         u64::try_from(self.frames_with_storage()).unwrap_or(u64::MAX).saturating_mul(PAGE_BYTES)
+    }
+}
+
+/// Addresses gathered for one [`PhysMemory::touch`]: a fixed number, so gathering them
+/// allocates nothing; any beyond it are left out.
+pub struct Touches {
+    addrs: [Hpa; Touches::MOST],
+    len: usize,
+}
+
+impl Touches {
+    /// The most addresses kept.
+    pub const MOST: usize = 64;
+
+    /// None yet.
+    pub fn new() -> Self {
+        Self { addrs: [Hpa::new(0); Self::MOST], len: 0 }
+    }
+
+    /// Adds `addr`, if there is one and room for it.
+    #[inline]
+    pub fn push(&mut self, addr: Option<Hpa>) {
+        if let (Some(addr), Some(slot)) = (addr, self.addrs.get_mut(self.len)) {
+            *slot = addr;
+            self.len += 1;
+        }
+    }
+}
+
+impl Default for Touches {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -63,9 +63,32 @@ pub struct Slot<P> {
     pub leaf: bool,
 }
 
+impl<P> Slot<P> {
+    /// Where a leaf slot maps `input`, and the page size; `None` for a slot that is not a leaf.
+    pub fn mapped(&self, input: u64) -> Option<(u64, PageSize)> {
+        if !self.leaf {
+            return None;
+        }
+        let size = self.level.leaf_size()?;
+        let page = self.value & Pte::ADDRESS_MASK & !(size.bytes() - 1);
+        Some((page | input & (size.bytes() - 1), size))
+    }
+}
+
 /// Follows `input` from `root` down to the first non-present entry or the leaf.
 pub fn lookup<P: PhysAddr, S: TableStore<P>>(
     store: &mut S,
+    format: EntryFormat,
+    root: P,
+    levels: PagingLevels,
+    input: u64,
+) -> Slot<P> {
+    search(|addr| store.read(addr), format, root, levels, input)
+}
+
+/// [`lookup`] through any way of reading entries (one without side effects, for instance).
+pub fn search<P: PhysAddr>(
+    mut read: impl FnMut(P) -> u64,
     format: EntryFormat,
     root: P,
     levels: PagingLevels,
@@ -75,7 +98,7 @@ pub fn lookup<P: PhysAddr, S: TableStore<P>>(
     let mut level = levels.root();
     loop {
         let entry = entry_address(table, input, level);
-        let value = store.read(entry);
+        let value = read(entry);
         let present = format.is_present(value);
         let leaf = present && format.is_leaf(value, level);
         match level.next_lower() {
@@ -85,6 +108,34 @@ pub fn lookup<P: PhysAddr, S: TableStore<P>>(
             }
             _ => return Slot { entry, value, level, leaf },
         }
+    }
+}
+
+/// The address of the lowest-level entry a search for `input` reads, found by reading (with
+/// `read`, which answers `None` for an address it cannot reach) only the entries above it;
+/// `None` when an upper entry already ends the search (not present, or a large leaf). The
+/// simulator uses it to touch a walk's last entry early (see `Mode::prefetch`).
+pub fn last_entry<P: PhysAddr>(
+    mut read: impl FnMut(P) -> Option<u64>,
+    format: EntryFormat,
+    root: P,
+    levels: PagingLevels,
+    input: u64,
+) -> Option<P> {
+    let mut table = root;
+    let mut level = levels.root();
+    loop {
+        let entry = entry_address(table, input, level);
+        let lower = match level.next_lower() {
+            Some(lower) => lower,
+            None => return Some(entry),
+        };
+        let value = read(entry)?;
+        if !format.is_present(value) || format.is_leaf(value, level) {
+            return None;
+        }
+        table = P::from_raw(value & Pte::ADDRESS_MASK);
+        level = lower;
     }
 }
 
@@ -140,4 +191,66 @@ pub fn install<P: PhysAddr, S: TableStore<P>>(
     let entry = entry_address(table, input, level);
     store.write(entry, leaf);
     Ok((created, entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Hpa;
+    use std::collections::HashMap;
+
+    /// Four-level tables written by hand (P = bit 0, PS = bit 7, address in 51:12): PML4 at
+    /// 0x1000, PDPT at 0x2000, PD at 0x3000 whose entry 0 points at a PT at 0x4000 (entry 5
+    /// maps 0x9000, entry 6 absent), entry 1 maps a 2 MiB page at 0x20_0000, entry 2 absent.
+    fn tables() -> HashMap<u64, u64> {
+        HashMap::from([
+            (0x1000, 0x2000 | 1),
+            (0x2000, 0x3000 | 1),
+            (0x3000, 0x4000 | 1),
+            (0x3008, 0x20_0000 | 0x80 | 1),
+            (0x4000 + 5 * 8, 0x9000 | 1),
+        ])
+    }
+
+    #[test]
+    fn last_entry_reads_only_the_entries_above_it() {
+        let memory = tables();
+        let mut reads = Vec::new();
+        let mut read = |addr: Hpa| {
+            reads.push(addr.as_u64());
+            Some(memory.get(&addr.as_u64()).copied().unwrap_or(0))
+        };
+        let root = Hpa::new(0x1000);
+        let last = |va: u64, read: &mut dyn FnMut(Hpa) -> Option<u64>| {
+            last_entry(read, EntryFormat::X86, root, PagingLevels::Four, va)
+        };
+        assert_eq!(last(5 << 12, &mut read), Some(Hpa::new(0x4028)));
+        assert_eq!(last(6 << 12, &mut read), Some(Hpa::new(0x4030)));
+        // A large leaf or an absent PDE ends the walk above the PT level.
+        assert_eq!(last(1 << 21 | 0x456, &mut read), None);
+        assert_eq!(last(2 << 21, &mut read), None);
+        // Memory it cannot reach ends the search too.
+        assert_eq!(last_entry(|_: Hpa| None, EntryFormat::X86, root, PagingLevels::Four, 5 << 12), None);
+        // The PT entries themselves were never read.
+        assert!(reads.iter().all(|&addr| addr < 0x4000), "{reads:x?}");
+    }
+
+    #[test]
+    fn a_search_maps_through_leaves_of_every_size() {
+        let memory = tables();
+        let search_at = |va: u64| {
+            search(
+                |a: Hpa| memory.get(&a.as_u64()).copied().unwrap_or(0),
+                EntryFormat::X86,
+                Hpa::new(0x1000),
+                PagingLevels::Four,
+                va,
+            )
+        };
+        assert_eq!(search_at(5 << 12 | 0x123).mapped(5 << 12 | 0x123), Some((0x9123, PageSize::Size4K)));
+        assert_eq!(search_at(1 << 21 | 0x456).mapped(1 << 21 | 0x456), Some((0x20_0456, PageSize::Size2M)));
+        let absent = search_at(6 << 12);
+        assert_eq!((absent.entry, absent.level, absent.mapped(6 << 12)), (Hpa::new(0x4030), Level::Pt, None));
+        assert_eq!(search_at(2 << 21).level, Level::Pd);
+    }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod compare;
 pub mod explain;
 pub mod machine;
+pub mod prefetch;
 pub mod run;
 pub mod stats;
 pub mod verify;

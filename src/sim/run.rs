@@ -12,6 +12,7 @@ use crate::host::Host;
 use crate::paging::{Access, CpuState, Privilege};
 use crate::sim::explain::Explanation;
 use crate::sim::machine::Machine;
+use crate::sim::prefetch::Prefetcher;
 use crate::sim::stats::Stats;
 use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
@@ -102,6 +103,11 @@ pub struct SimConfig {
     /// With `verify`: keep the translations with these indices (to locate a mismatch).
     #[serde(skip)]
     pub record: Option<std::ops::Range<u64>>,
+    /// How many upcoming accesses have their walks prefetched in a run of walks (0: none; see
+    /// [`crate::sim::prefetch`]). The simulator's speed alone: nothing a run
+    /// reports depends on it.
+    #[serde(skip)]
+    pub prefetch: usize,
 }
 
 impl Default for SimConfig {
@@ -125,6 +131,7 @@ impl Default for SimConfig {
             record: None,
             explain: None,
             cost: CostModel::default(),
+            prefetch: 16,
         }
     }
 }
@@ -353,7 +360,8 @@ fn run_with<M: Mode>(
         if shared {
             budget = budget.min(VM_QUANTUM - used);
         }
-        let (done, end) = run_slice(&mut guests[turn], &mut feeds[turn], &mut verifier, budget, restart)?;
+        let (done, end) =
+            run_slice(&mut guests[turn], &mut feeds[turn], &mut verifier, budget, restart, config.prefetch)?;
         total_accesses += done;
         used += done;
         match end {
@@ -452,10 +460,12 @@ fn run_slice<M: Mode>(
     verifier: &mut Verifier,
     budget: u64,
     warmed_up: bool,
+    ahead: usize,
 ) -> Result<(u64, SliceEnd), SimError> {
     let mut done = 0;
     // Verification observes every translation, so it takes the general path throughout.
     let fast_hits = !verifier.enabled();
+    let mut prefetcher = Prefetcher::new(ahead);
     while done < budget {
         let ops = feed.pending()?;
         if ops.is_empty() {
@@ -464,6 +474,7 @@ fn run_slice<M: Mode>(
         // Operations of this batch carried out so far.
         let mut used = 0;
         let mut stop = None;
+        prefetcher.new_batch();
         for op in ops {
             let Op::Access { pid, va, kind, size } = *op else {
                 used += 1;
@@ -481,7 +492,11 @@ fn run_slice<M: Mode>(
             used += 1;
             let access_kind = Access::new(kind, Privilege::User);
             if !(fast_hits && guest.unchanged_hit(pid, va, access_kind, size)) {
+                // This access is operation `used - 1` of the batch.
+                prefetcher.before(&guest.machine, guest.kernel.current(), ops, used - 1);
+                let walks = guest.machine.vcpu.stats.walks;
                 access(guest, verifier, pid, va, access_kind, size)?;
+                prefetcher.after(used - 1, guest.machine.vcpu.stats.walks > walks);
             }
             done += 1;
             if done == budget {

@@ -75,7 +75,7 @@ pub struct ShadowStats {
 }
 
 /// Counters of one run in one mode.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, PartialEq, Debug, Default, Serialize)]
 pub struct Stats {
     /// The run was stopped early (Ctrl-C): the counters cover the accesses made until then.
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -42,6 +42,12 @@ pub trait Mode {
     /// ending in a translation or a fault the guest must see. Counts walk references.
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved;
 
+    /// Outside the model, for the simulator's speed alone: finds, reading without side
+    /// effects, the last entries that walks of `vas` will read (the ones likely to miss the
+    /// host's caches: upper levels are shared by many walks) and touches them together, so
+    /// their misses overlap instead of stalling one walk each. Nothing a run reports changes.
+    fn prefetch(&self, _vas: &[Gva], _vcpu: &Vcpu) {}
+
     /// The host this guest runs on as a VM (`None` on bare metal). The reference
     /// composition, memory accounting and isolation checks below come from it.
     fn vm_host(&self) -> Option<&Host> {

@@ -2,7 +2,8 @@
 //! host-physical addresses, CR3 points straight at its tables, and a TLB miss is a 1D walk.
 
 use crate::addr::{Gfn, Gpa, Gva, Hfn, Hpa};
-use crate::memory::PhysMemory;
+use crate::memory::{PhysMemory, Touches};
+use crate::paging::builder::{self, EntryFormat};
 use crate::paging::{walk, Access, AdPolicy, Counted, Traced, WalkOutcome};
 use crate::sim::explain::{Explanation, WalkRef};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
@@ -36,6 +37,16 @@ impl Native {
 impl Mode for Native {
     fn name(&self) -> &'static str {
         "native"
+    }
+
+    fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
+        let root = Self::host(vcpu.cr3.root);
+        let read = |addr| Some(self.memory.read_u64(addr));
+        let mut touches = Touches::new();
+        for va in vas {
+            touches.push(builder::last_entry(read, EntryFormat::X86, root, vcpu.cpu.levels, va.as_u64()));
+        }
+        self.memory.touch(&touches);
     }
 
     fn read_guest(&mut self, gpa: Gpa, _vcpu: &mut Vcpu) -> u64 {

@@ -12,8 +12,8 @@ pub mod guest_view;
 use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
 use crate::ept::NestedAccess;
 use crate::host::{BackingError, FrameMemo, GuestMemory, Host, VmmTables};
-use crate::memory::OutOfFrames;
-use crate::paging::builder::{self, InstallError};
+use crate::memory::{OutOfFrames, Touches};
+use crate::paging::builder::{self, EntryFormat, InstallError};
 use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
 use crate::sim::explain::Explanation;
 use crate::sim::stats::{PageTableBytes, Stats};
@@ -126,30 +126,30 @@ impl<F: NestedFormat> Nested<F> {
         }
     }
 
+    /// Where the nested table maps `gpa`, read without side effects (no A/D bits, no counts).
+    fn peek_nested(&self, gpa: Gpa) -> Option<Hpa> {
+        let read = |addr| self.host.memory.read_u64(addr);
+        let slot =
+            builder::search(read, self.format.entry_format(), self.root, self.format.levels(), gpa.as_u64());
+        slot.mapped(gpa.as_u64()).map(|(hpa, _)| Hpa::new(hpa))
+    }
+
     /// The host-physical address of `gpa` for the guest kernel's own accesses, taking the
     /// violation exit a first touch causes. `None` for an address outside every slot.
     fn kernel_access(&mut self, gpa: Gpa, stats: &mut Stats) -> Option<Hpa> {
         if let Some((hpa, ())) = self.kernel_pages.get(gpa) {
             return Some(hpa);
         }
-        let slot = builder::lookup(
-            &mut self.host.memory,
-            self.format.entry_format(),
-            self.root,
-            self.format.levels(),
-            gpa.as_u64(),
-        );
-        let hpa = if slot.leaf {
-            let size = slot.level.leaf_size().unwrap_or(PageSize::Size4K);
-            let page = slot.value & crate::paging::Pte::ADDRESS_MASK & !(size.bytes() - 1);
-            Hpa::new(page | gpa.page_offset(size))
-        } else {
-            let fault = NestedExit {
-                gpa,
-                fault: NestedFault::EptViolation(crate::ept::ExitQualification::default()),
-            };
-            self.handle_exit(fault, stats).ok()?;
-            self.host.backing_of(gpa).map(|(hpa, _)| hpa)?
+        let hpa = match self.peek_nested(gpa) {
+            Some(hpa) => hpa,
+            None => {
+                let fault = NestedExit {
+                    gpa,
+                    fault: NestedFault::EptViolation(crate::ept::ExitQualification::default()),
+                };
+                self.handle_exit(fault, stats).ok()?;
+                self.host.backing_of(gpa).map(|(hpa, _)| hpa)?
+            }
         };
         self.kernel_pages.remember(gpa, hpa, ());
         Some(hpa)
@@ -159,6 +159,19 @@ impl<F: NestedFormat> Nested<F> {
 impl<F: NestedFormat> Mode for Nested<F> {
     fn name(&self) -> &'static str {
         self.format.name()
+    }
+
+    fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
+        // The guest's tables, each entry's GPA through the nested table (whose entries for
+        // guest page-table frames, few and packed, stay in the host's caches).
+        let read = |gpa: Gpa| self.peek_nested(gpa).map(|hpa| self.host.memory.read_u64(hpa));
+        let root = vcpu.cr3.root;
+        let mut touches = Touches::new();
+        for va in vas {
+            let last = builder::last_entry(read, EntryFormat::X86, root, vcpu.cpu.levels, va.as_u64());
+            touches.push(last.and_then(|gpa| self.peek_nested(gpa)));
+        }
+        self.host.memory.touch(&touches);
     }
 
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64 {

@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PageSize, PagingLevels, PAGE_BYTES};
 use crate::host::{GuestMemory, Host};
-use crate::memory::OutOfFrames;
+use crate::memory::{OutOfFrames, Touches};
 use crate::paging::builder::{self, entry_address, EntryFormat};
 use crate::paging::Traced;
 use crate::paging::{
@@ -570,6 +570,23 @@ fn leaf_spte(page: Hpa, rights: Rights, writable: bool, global: bool) -> u64 {
 impl Mode for Shadow {
     fn name(&self) -> &'static str {
         "shadow"
+    }
+
+    fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
+        // The shadow walk's last entry, and the guest's, which the VMM reads when it fills it.
+        let memory = &self.host.memory;
+        let guest_read = |gpa: Gpa| self.host.peek_backing(gpa).map(|hpa| memory.read_u64(hpa));
+        let shadow_read = |hpa| Some(memory.read_u64(hpa));
+        let levels = vcpu.cpu.levels;
+        let mut touches = Touches::new();
+        for va in vas {
+            if let Some(root) = self.active {
+                touches.push(builder::last_entry(shadow_read, EntryFormat::X86, root, levels, va.as_u64()));
+            }
+            let guest = builder::last_entry(guest_read, EntryFormat::X86, vcpu.cr3.root, levels, va.as_u64());
+            touches.push(guest.and_then(|gpa| self.host.peek_backing(gpa)));
+        }
+        memory.touch(&touches);
     }
 
     fn read_guest(&mut self, gpa: Gpa, _vcpu: &mut Vcpu) -> u64 {

@@ -1,0 +1,121 @@
+//! Prefetching walks, for the simulator's own speed: a program touching memory it has not
+//! used before makes walk after walk whose last entries (spread over many page-table frames)
+//! miss the host's caches, one stall per walk. Once walks come in a run, the run loop asks the
+//! mode to touch the last entries of the next accesses' walks together (see
+//! [`Mode::prefetch`]), so their misses overlap. A TLB-friendly program's few walks, alone or
+//! in pairs, find their entries cached already and never pay for it. Nothing a run reports
+//! depends on prefetching.
+
+use crate::addr::Gva;
+use crate::guest::Pid;
+use crate::memory::Touches;
+use crate::sim::machine::Machine;
+use crate::vmm::Mode;
+use crate::workload::Op;
+
+/// Walks in a row after which the next accesses' walks are prefetched.
+const AFTER_WALKS: u32 = 4;
+
+/// The most upcoming accesses one prefetch covers (shadow paging touches two entries each).
+pub const MOST_AHEAD: usize = Touches::MOST / 2;
+
+/// When to prefetch, within one batch of operations at a time.
+pub struct Prefetcher {
+    /// Accesses covered by one prefetch (0: never prefetch).
+    ahead: usize,
+    /// Operations of the batch before this index have been prefetched.
+    covered: usize,
+    /// The operation that walked last, and how many accesses in a row up to it walked.
+    last_walked: usize,
+    in_a_row: u32,
+}
+
+impl Prefetcher {
+    /// Prefetching `ahead` accesses at a time (at most [`MOST_AHEAD`]; 0 turns it off).
+    pub fn new(ahead: usize) -> Self {
+        Self { ahead: ahead.min(MOST_AHEAD), covered: 0, last_walked: 0, in_a_row: 0 }
+    }
+
+    /// A new batch: its operations are numbered from 0 again.
+    #[inline]
+    pub fn new_batch(&mut self) {
+        self.covered = 0;
+        self.in_a_row = 0;
+    }
+
+    /// Before operation `at` of `ops`, an access, takes the general path: in a run of walks,
+    /// prefetches the walks of the accesses after it that `running` (the process on the CPU)
+    /// makes.
+    #[cold]
+    pub fn before<M: Mode>(&mut self, machine: &Machine<M>, running: Option<Pid>, ops: &[Op], at: usize) {
+        if !self.due(at) {
+            return;
+        }
+        self.covered = (at + 1 + self.ahead).min(ops.len());
+        let mut vas = [Gva::new_truncate(0); MOST_AHEAD];
+        let mut count = 0;
+        for op in &ops[(at + 1).min(self.covered)..self.covered] {
+            if let (Op::Access { pid, va, .. }, Some(slot)) = (*op, vas.get_mut(count)) {
+                if Some(pid) == running {
+                    *slot = va;
+                    count += 1;
+                }
+            }
+        }
+        machine.mode.prefetch(&vas[..count], &machine.vcpu);
+    }
+
+    /// Whether operation `at` starts a prefetch: prefetching is on, the accesses right before
+    /// it walked, and no earlier prefetch covered it.
+    fn due(&self, at: usize) -> bool {
+        self.ahead > 0 && self.in_a_row >= AFTER_WALKS && at >= self.covered
+    }
+
+    /// After operation `at` took the general path: whether it walked.
+    #[inline]
+    pub fn after(&mut self, at: usize, walked: bool) {
+        let follows = self.in_a_row > 0 && self.last_walked + 1 == at;
+        self.in_a_row = match (walked, follows) {
+            (false, _) => 0,
+            (true, true) => self.in_a_row + 1,
+            (true, false) => 1,
+        };
+        self.last_walked = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetches_only_in_a_run_of_walks() {
+        let mut p = Prefetcher::new(8);
+        // Three walks in a row, then a hit on the general path: no run yet.
+        for at in 0..3 {
+            p.after(at, true);
+        }
+        assert!(!p.due(3));
+        p.after(3, false);
+        // Walks 4..8 are a run of four, but 9 does not follow 7 (operation 8 was a fast hit).
+        for at in 4..8 {
+            p.after(at, true);
+        }
+        assert!(p.due(8));
+        p.after(9, true);
+        assert!(!p.due(10));
+        // A new batch starts counting again.
+        for at in 10..14 {
+            p.after(at, true);
+        }
+        assert!(p.due(14));
+        p.new_batch();
+        assert!(!p.due(0));
+        // Off: never due.
+        let mut off = Prefetcher::new(0);
+        for at in 0..10 {
+            off.after(at, true);
+        }
+        assert!(!off.due(10));
+    }
+}
