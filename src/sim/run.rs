@@ -104,8 +104,8 @@ pub struct SimConfig {
     #[serde(skip)]
     pub record: Option<std::ops::Range<u64>>,
     /// How many upcoming accesses have their walks prefetched in a run of walks (0: none; see
-    /// [`crate::sim::prefetch`]). The simulator's speed alone: nothing a run
-    /// reports depends on it.
+    /// [`crate::sim::prefetch`]). The simulator's speed alone: nothing a run reports depends
+    /// on it.
     #[serde(skip)]
     pub prefetch: usize,
 }
