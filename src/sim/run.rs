@@ -493,10 +493,7 @@ fn run_slice<M: Mode>(
             let access_kind = Access::new(kind, Privilege::User);
             if !(fast_hits && guest.unchanged_hit(pid, va, access_kind, size)) {
                 // This access is operation `used - 1` of the batch.
-                prefetcher.before(&guest.machine, guest.kernel.current(), ops, used - 1);
-                let walks = guest.machine.vcpu.stats.walks;
-                access(guest, verifier, pid, va, access_kind, size)?;
-                prefetcher.after(used - 1, guest.machine.vcpu.stats.walks > walks);
+                general_access(guest, verifier, &mut prefetcher, ops, used - 1)?;
             }
             done += 1;
             if done == budget {
@@ -510,6 +507,27 @@ fn run_slice<M: Mode>(
         }
     }
     Ok((done, SliceEnd::Budget))
+}
+
+/// Access `at` of `ops` by the general path, prefetching the walks of the accesses after it
+/// when walks come in a run. Out of line, so the fast path keeps the operation's fields in
+/// registers.
+#[inline(never)]
+fn general_access<M: Mode>(
+    guest: &mut Guest<M>,
+    verifier: &mut Verifier,
+    prefetcher: &mut Prefetcher,
+    ops: &[Op],
+    at: usize,
+) -> Result<(), SimError> {
+    let Some(&Op::Access { pid, va, kind, size }) = ops.get(at) else {
+        return Ok(());
+    };
+    prefetcher.before(&guest.machine, guest.kernel.current(), ops, at);
+    let walks = guest.machine.vcpu.stats.walks;
+    access(guest, verifier, pid, va, Access::new(kind, Privilege::User), size)?;
+    prefetcher.after(at, guest.machine.vcpu.stats.walks > walks);
+    Ok(())
 }
 
 impl<M: Mode> Guest<M> {
