@@ -2,7 +2,7 @@
 
 use crate::addr::{Gva, Hpa, PageSize};
 use crate::paging::{Access, AccessKind, CpuState, Privilege, Rights};
-use crate::tlb::sets::SetLayout;
+use crate::tlb::sets::{make_most_recent, SetLayout};
 
 /// What a TLB entry is tagged with besides the page number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -147,7 +147,7 @@ impl TlbArray {
                         && (entry.global || entry.tag.pcid == tag.pcid) =>
                 {
                     if way > 0 {
-                        set[..=way].rotate_right(1);
+                        make_most_recent(set, way, Some(entry));
                     }
                     return Some(entry);
                 }
@@ -175,13 +175,16 @@ impl TlbArray {
     /// and replacing any entry for the same page and tag.
     pub fn insert(&mut self, entry: TlbEntry) {
         let set = self.set_of(entry.vpn);
-        let same = set.iter().position(|slot| {
-            slot.is_some_and(|e| e.vpn == entry.vpn && e.size == entry.size && e.tag == entry.tag)
-        });
-        let victim = same.unwrap_or_else(|| set.iter().position(Option::is_none).unwrap_or(set.len() - 1));
+        // Valid entries come first, so one pass finds the same page's entry or the first free
+        // slot; a full set without the page gives up its least recently used entry, the last.
+        let victim = set
+            .iter()
+            .position(|slot| {
+                slot.is_none_or(|e| e.vpn == entry.vpn && e.size == entry.size && e.tag == entry.tag)
+            })
+            .unwrap_or(set.len() - 1);
         let gone = set[victim];
-        set[..=victim].rotate_right(1);
-        set[0] = Some(entry);
+        make_most_recent(set, victim, Some(entry));
         if let Some(gone) = gone {
             self.held[size_index(gone.size)] -= 1;
         }

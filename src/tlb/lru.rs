@@ -1,7 +1,7 @@
 //! A small set-associative LRU map, the storage of the paging-structure caches and the nested
 //! TLB.
 
-use crate::tlb::sets::SetLayout;
+use crate::tlb::sets::{make_most_recent, SetLayout};
 
 /// `sets` x `ways` slots of `(key, value)`, each set most recently used first.
 #[derive(Clone, Debug)]
@@ -28,23 +28,20 @@ impl<K: Copy + Eq, V: Copy> LruSets<K, V> {
     pub fn get(&mut self, hint: u64, key: K) -> Option<V> {
         let set = self.set(hint);
         let way = set.iter().position(|slot| matches!(slot, Some((k, _)) if *k == key))?;
+        let found = set[way];
         if way > 0 {
-            set[..=way].rotate_right(1);
+            make_most_recent(set, way, found);
         }
-        set[0].map(|(_, value)| value)
+        found.map(|(_, value)| value)
     }
 
     /// Stores `key -> value` as most recent, replacing an entry for the same key or the
     /// least recently used one.
     pub fn insert(&mut self, hint: u64, key: K, value: V) {
         let set = self.set(hint);
-        let victim = set
-            .iter()
-            .position(|slot| matches!(slot, Some((k, _)) if *k == key))
-            .or_else(|| set.iter().position(Option::is_none))
-            .unwrap_or(set.len() - 1);
-        set[..=victim].rotate_right(1);
-        set[0] = Some((key, value));
+        // Entries come first, empties last: one pass finds the key or the first empty slot.
+        let victim = set.iter().position(|slot| slot.is_none_or(|(k, _)| k == key)).unwrap_or(set.len() - 1);
+        make_most_recent(set, victim, Some((key, value)));
     }
 
     /// Keeps only the entries `keep` accepts.
