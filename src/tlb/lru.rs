@@ -81,4 +81,57 @@ mod tests {
         assert_eq!(cache.get(0, 3), None);
         assert_eq!(cache.get(0, 1), Some(10));
     }
+    /// Every set as a list, most recent first: the definition of LRU, with nothing shared with
+    /// the code under test.
+    struct Model {
+        sets: Vec<Vec<(u64, u32)>>,
+        ways: usize,
+    }
+
+    impl Model {
+        fn get(&mut self, key: u64) -> Option<u32> {
+            let index = usize::try_from(key % self.sets.len() as u64).unwrap_or(0);
+            let set = &mut self.sets[index];
+            let at = set.iter().position(|(k, _)| *k == key)?;
+            let entry = set.remove(at);
+            set.insert(0, entry);
+            Some(entry.1)
+        }
+
+        fn insert(&mut self, key: u64, value: u32) {
+            let (ways, index) = (self.ways, usize::try_from(key % self.sets.len() as u64).unwrap_or(0));
+            let set = &mut self.sets[index];
+            set.retain(|(k, _)| *k != key);
+            set.insert(0, (key, value));
+            set.truncate(ways);
+        }
+    }
+
+    #[test]
+    fn agrees_with_a_list_model_of_lru() {
+        for (entries, ways) in [(32, 4), (4, 4), (12, 4), (7, 1)] {
+            let sets = entries / ways;
+            let mut cache = LruSets::<u64, u32>::new(entries, ways);
+            let mut model = Model { sets: vec![Vec::new(); sets], ways };
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for step in 0..20_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = x % (entries as u64 * 3);
+                match x >> 60 {
+                    0..=6 => assert_eq!(cache.get(key, key), model.get(key), "{entries}/{ways} step {step}"),
+                    7..=14 => {
+                        cache.insert(key, key, step);
+                        model.insert(key, step);
+                    }
+                    _ => {
+                        let drop = key % 5;
+                        cache.retain(|k, _| k % 5 != drop);
+                        model.sets.iter_mut().for_each(|s| s.retain(|(k, _)| k % 5 != drop));
+                    }
+                }
+            }
+        }
+    }
 }
