@@ -155,8 +155,11 @@ pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
         WalkOutcome::PageFault(PageFault { code: PfErrorCode::from_bits(access_bits | extra), level })
     };
 
-    // Entries used, root first, so A bits can be set once the walk has succeeded.
-    let mut used: [(u64, u64, Level, Rights); 5] = [(0, 0, Level::Pt, Rights::ALL); 5];
+    // Entries used (address, value), root first, so A bits can be set once the walk has
+    // succeeded, and the rights down to each; the first is at the start level, each next one
+    // level lower.
+    let mut used = [(0u64, 0u64); 5];
+    let mut rights_to = [Rights::ALL; 5];
     let mut used_len = 0;
     let mut rights = start.rights;
     let mut table = start.table.raw() & Pte::ADDRESS_MASK;
@@ -178,7 +181,8 @@ pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
         rights.writable &= pte.has(Pte::WRITABLE);
         rights.user &= pte.has(Pte::USER);
         rights.no_execute |= cpu.nxe && pte.has(Pte::NO_EXECUTE);
-        used[used_len] = (entry_addr, raw, level, rights);
+        used[used_len] = (entry_addr, raw);
+        rights_to[used_len] = rights;
         used_len += 1;
 
         let leaf_size = match level {
@@ -192,7 +196,8 @@ pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
             }
             let mut dirty = pte.has(Pte::DIRTY);
             if ad == AdPolicy::Update {
-                for (i, &(addr, value, at, _)) in used[..used_len].iter().enumerate() {
+                let mut at = start.level;
+                for (i, &(addr, value)) in used[..used_len].iter().enumerate() {
                     let mut new = value | Pte::ACCESSED;
                     if i + 1 == used_len && access.is_write() {
                         new |= Pte::DIRTY;
@@ -203,14 +208,17 @@ pub fn walk_from<P: PhysAddr, M: TableMemory<P>>(
                             return WalkOutcome::Memory(error);
                         }
                     }
+                    at = at.next_lower().unwrap_or(at);
                 }
             }
-            for &(_, value, at, so_far) in &used[..used_len - 1] {
+            let mut at = start.level;
+            for (&(_, value), &so_far) in used[..used_len - 1].iter().zip(&rights_to) {
                 on_table(TableStep {
                     level: at,
                     next: P::from_raw(value & Pte::ADDRESS_MASK),
                     rights: so_far,
                 });
+                at = at.next_lower().unwrap_or(at);
             }
             return WalkOutcome::Mapped(Translation {
                 page: P::from_raw(raw & Pte::ADDRESS_MASK & !(size.bytes() - 1)),
