@@ -139,7 +139,8 @@ impl Vcpu {
     /// The tag current translations carry.
     #[inline]
     pub fn tag(&self) -> TlbTag {
-        TlbTag { vpid: self.vpid, pcid: if self.cpu.pcide { self.cr3.pcid } else { 0 } }
+        // CR3 holds a 12-bit PCID (bits 11:0).
+        TlbTag { vpid: self.vpid, pcid: if self.cpu.pcide { self.cr3.pcid & 0xfff } else { 0 } }
     }
 
     /// The fast path of [`Vcpu::translate`]: a TLB hit that changes no TLB state (see

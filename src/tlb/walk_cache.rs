@@ -29,13 +29,27 @@ pub struct WalkCacheStats {
 
 type Entry = (u64, Rights);
 
+/// A cache key: the tag and the address bits above the cached level in one word (VPID in bits
+/// 63:48, the 12-bit PCID in 47:36, the prefix — at most 36 bits, a PDE's under LA57 — below),
+/// so a lookup compares one word per way.
+fn key(tag: TlbTag, prefix: u64) -> u64 {
+    u64::from(tag.vpid) << 48 | u64::from(tag.pcid & 0xfff) << 36 | prefix
+}
+
+/// The tag a [`key`] was made from.
+fn tag_of(key: u64) -> TlbTag {
+    // Both fields fit their types by the shifts and mask.
+    #[allow(clippy::cast_possible_truncation)]
+    TlbTag { vpid: (key >> 48) as u16, pcid: (key >> 36 & 0xfff) as u16 }
+}
+
 /// PML4E, PDPTE and PDE caches. Table addresses are kept raw: the walker that uses them
 /// knows its address space (GPA for a guest walk under nested paging, HPA otherwise).
 #[derive(Clone, Debug)]
 pub struct PagingStructureCache {
-    pml4e: LruSets<(TlbTag, u64), Entry>,
-    pdpte: LruSets<(TlbTag, u64), Entry>,
-    pde: LruSets<(TlbTag, u64), Entry>,
+    pml4e: LruSets<u64, Entry>,
+    pdpte: LruSets<u64, Entry>,
+    pde: LruSets<u64, Entry>,
 }
 
 impl Default for PagingStructureCache {
@@ -49,13 +63,13 @@ impl PagingStructureCache {
     /// The lowest point a walk of `va` can start from, if any cache holds it.
     pub fn lookup(&mut self, va: Gva, tag: TlbTag) -> Option<(u64, Level, Rights)> {
         let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
-        if let Some((table, rights)) = self.pde.get(prefix(21), (tag, prefix(21))) {
+        if let Some((table, rights)) = self.pde.get(prefix(21), key(tag, prefix(21))) {
             return Some((table, Level::Pt, rights));
         }
-        if let Some((table, rights)) = self.pdpte.get(prefix(30), (tag, prefix(30))) {
+        if let Some((table, rights)) = self.pdpte.get(prefix(30), key(tag, prefix(30))) {
             return Some((table, Level::Pd, rights));
         }
-        if let Some((table, rights)) = self.pml4e.get(prefix(39), (tag, prefix(39))) {
+        if let Some((table, rights)) = self.pml4e.get(prefix(39), key(tag, prefix(39))) {
             return Some((table, Level::Pdpt, rights));
         }
         None
@@ -75,9 +89,9 @@ impl PagingStructureCache {
         let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
         let value = (step.next.raw(), step.rights);
         match step.level {
-            Level::Pd => self.pde.insert(prefix(21), (tag, prefix(21)), value),
-            Level::Pdpt => self.pdpte.insert(prefix(30), (tag, prefix(30)), value),
-            Level::Pml4 => self.pml4e.insert(prefix(39), (tag, prefix(39)), value),
+            Level::Pd => self.pde.insert(prefix(21), key(tag, prefix(21)), value),
+            Level::Pdpt => self.pdpte.insert(prefix(30), key(tag, prefix(30)), value),
+            Level::Pml4 => self.pml4e.insert(prefix(39), key(tag, prefix(39)), value),
             // A PML5E cache is not modelled; the PML4E cache covers 5-level walks' upper bits.
             Level::Pml5 | Level::Pt => {}
         }
@@ -85,9 +99,9 @@ impl PagingStructureCache {
 
     /// Drops every entry `drop` selects.
     pub fn flush(&mut self, mut drop: impl FnMut(TlbTag) -> bool) {
-        self.pml4e.retain(|(tag, _), _| !drop(*tag));
-        self.pdpte.retain(|(tag, _), _| !drop(*tag));
-        self.pde.retain(|(tag, _), _| !drop(*tag));
+        self.pml4e.retain(|key, _| !drop(tag_of(*key)));
+        self.pdpte.retain(|key, _| !drop(tag_of(*key)));
+        self.pde.retain(|key, _| !drop(tag_of(*key)));
     }
 }
 
@@ -124,5 +138,42 @@ impl NestedTlb {
     /// Drops every entry of `vpid`.
     pub fn flush_vpid(&mut self, vpid: u16) {
         self.entries.retain(|(v, _), _| *v != vpid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_tags_and_prefixes_apart() {
+        let tags = [
+            TlbTag { vpid: 0, pcid: 0 },
+            TlbTag { vpid: 0, pcid: 0xfff },
+            TlbTag { vpid: 1, pcid: 0 },
+            TlbTag { vpid: 0xffff, pcid: 0xfff },
+        ];
+        // The widest prefix is a PDE's under LA57: 57 - 21 = 36 bits.
+        let prefixes = [0, 1, (1u64 << 36) - 1, 0x5_5555_5555];
+        let mut seen = std::collections::HashSet::new();
+        for tag in tags {
+            for prefix in prefixes {
+                assert_eq!(tag_of(key(tag, prefix)), tag);
+                assert!(seen.insert(key(tag, prefix)), "{tag:?} {prefix:x} collides");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pde_hit_needs_the_same_tag() {
+        let mut psc = PagingStructureCache::default();
+        let va = Gva::new_truncate(0x7fff_ffe0_0000);
+        let (a, b) = (TlbTag { vpid: 1, pcid: 5 }, TlbTag { vpid: 1, pcid: 6 });
+        let step = TableStep { level: Level::Pd, next: Hpa::new(0x5000), rights: Rights::ALL };
+        psc.fill(va, a, step);
+        assert_eq!(psc.lookup(va, a), Some((0x5000, Level::Pt, Rights::ALL)));
+        assert_eq!(psc.lookup(va, b), None);
+        psc.flush(|tag| tag == a);
+        assert_eq!(psc.lookup(va, a), None);
     }
 }
