@@ -2,7 +2,7 @@
 //! memory, reached through [`Platform`] so every read and write is seen by the virtualization
 //! mode.
 
-use crate::addr::{Gfn, Gpa, Gva, PageSize, PagingLevels};
+use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels};
 use crate::guest::platform::Platform;
 use crate::memory::{FrameAllocator, OutOfFrames};
 use crate::paging::builder::{self, EntryFormat, InstallError, Slot, TableStore};
@@ -68,20 +68,19 @@ pub struct Leaf {
     pub table_flags: u64,
 }
 
-/// Installs `leaf` under `root`. Returns the number of tables created.
+/// Installs `leaf` from the table `from` (its address and level: the root, or lower where a
+/// lookup of the same address stopped). Returns the number of tables created.
 pub fn map<P: Platform>(
     tables: &mut GuestTables<'_, P>,
-    root: Gpa,
-    levels: PagingLevels,
+    from: (Gpa, Level),
     leaf: Leaf,
 ) -> Result<u64, InstallError> {
     let flags = if leaf.size == PageSize::Size4K { leaf.flags } else { leaf.flags | Pte::PAGE_SIZE };
     let entry = Pte::new(leaf.frame, flags).0;
-    builder::install(
+    builder::install_from(
         tables,
         EntryFormat::X86,
-        root,
-        levels,
+        from,
         leaf.va.as_u64(),
         leaf.size,
         entry,

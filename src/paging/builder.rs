@@ -63,6 +63,13 @@ pub struct Slot<P> {
     pub leaf: bool,
 }
 
+impl<P: PhysAddr> Slot<P> {
+    /// The table the slot lies in, with its level: where an install can start.
+    pub fn table(&self) -> (P, Level) {
+        (P::from_raw(self.entry.raw() & Pte::ADDRESS_MASK), self.level)
+    }
+}
+
 impl<P> Slot<P> {
     /// Where a leaf slot maps `input`, and the page size; `None` for a slot that is not a leaf.
     pub fn mapped(&self, input: u64) -> Option<(u64, PageSize)> {
@@ -162,14 +169,28 @@ pub fn install<P: PhysAddr, S: TableStore<P>>(
     leaf: u64,
     table_entry_flags: u64,
 ) -> Result<(u64, P), InstallError> {
+    install_from(store, format, (root, levels.root()), input, size, leaf, table_entry_flags)
+}
+
+/// [`install`] starting at the table `from` (its address and level) instead of the root: the
+/// table a search for `input` reached, when nothing has changed the entries above it since
+/// (a fault handler installing where its lookup stopped).
+pub fn install_from<P: PhysAddr, S: TableStore<P>>(
+    store: &mut S,
+    format: EntryFormat,
+    from: (P, Level),
+    input: u64,
+    size: PageSize,
+    leaf: u64,
+    table_entry_flags: u64,
+) -> Result<(u64, P), InstallError> {
     let leaf_level = match size {
         PageSize::Size4K => Level::Pt,
         PageSize::Size2M => Level::Pd,
         PageSize::Size1G => Level::Pdpt,
     };
     let mut created = 0;
-    let mut table = root;
-    let mut level = levels.root();
+    let (mut table, mut level) = from;
     while level > leaf_level {
         let entry = entry_address(table, input, level);
         let value = store.read(entry);
@@ -252,5 +273,42 @@ mod tests {
         let absent = search_at(6 << 12);
         assert_eq!((absent.entry, absent.level, absent.mapped(6 << 12)), (Hpa::new(0x4030), Level::Pt, None));
         assert_eq!(search_at(2 << 21).level, Level::Pd);
+    }
+    /// Tables in a map, new ones taken from 0x10_0000 up.
+    struct MapStore(HashMap<u64, u64>, u64);
+
+    impl TableStore<Hpa> for MapStore {
+        fn read(&mut self, addr: Hpa) -> u64 {
+            self.0.get(&addr.as_u64()).copied().unwrap_or(0)
+        }
+        fn write(&mut self, addr: Hpa, value: u64) {
+            self.0.insert(addr.as_u64(), value);
+        }
+        fn new_table(&mut self) -> Result<Hpa, OutOfFrames> {
+            self.1 += 0x1000;
+            Ok(Hpa::new(self.1))
+        }
+    }
+
+    #[test]
+    fn installing_where_a_search_stopped_equals_installing_from_the_root() {
+        // Below an absent PTE, an absent PDE, and a root with nothing under it.
+        for va in [6u64 << 12, 2 << 21 | 0x3000, 1 << 39 | 0x7000] {
+            let (mut from_root, mut from_slot) =
+                (MapStore(tables(), 0x10_0000), MapStore(tables(), 0x10_0000));
+            let root = Hpa::new(0x1000);
+            let four = PagingLevels::Four;
+            let leaf = 0xa000 | 1;
+            let a = install(&mut from_root, EntryFormat::X86, root, four, va, PageSize::Size4K, leaf, 7);
+            let slot = lookup(&mut from_slot, EntryFormat::X86, root, four, va);
+            let b =
+                install_from(&mut from_slot, EntryFormat::X86, slot.table(), va, PageSize::Size4K, leaf, 7);
+            assert_eq!(a, b, "{va:x}");
+            assert_eq!(from_root.0, from_slot.0, "{va:x}");
+            assert_eq!(
+                search(|a: Hpa| from_slot.read(a), EntryFormat::X86, root, four, va).mapped(va),
+                Some((0xa000, PageSize::Size4K))
+            );
+        }
     }
 }

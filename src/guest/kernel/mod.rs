@@ -211,16 +211,16 @@ impl Kernel {
                     flags,
                     table_flags: KERNEL_TABLE_FLAGS,
                 };
-                kernel.install(p, template.start(), leaf)?;
+                kernel.install(p, (template.start(), kernel.levels.root()), leaf)?;
                 offset += PageSize::Size2M.bytes();
             }
         }
         Ok(kernel)
     }
 
-    fn install(&mut self, p: &mut impl Platform, root: Gpa, leaf: Leaf) -> Result<(), KernelError> {
+    fn install(&mut self, p: &mut impl Platform, from: (Gpa, Level), leaf: Leaf) -> Result<(), KernelError> {
         let mut tables = GuestTables { platform: p, frames: &mut self.small };
-        match page_table::map(&mut tables, root, self.levels, leaf) {
+        match page_table::map(&mut tables, from, leaf) {
             Ok(created) => {
                 self.table_frames += created;
                 Ok(())
@@ -392,7 +392,7 @@ impl Kernel {
                 flags,
                 table_flags: USER_TABLE_FLAGS,
             };
-            self.install(p, root, leaf)?;
+            self.install(p, slot.table(), leaf)?;
             self.counters.pages_mapped += 512;
         } else {
             let frame = self.small.allocate()?;
@@ -403,7 +403,7 @@ impl Kernel {
                 flags,
                 table_flags: USER_TABLE_FLAGS,
             };
-            self.install(p, root, leaf)?;
+            self.install(p, slot.table(), leaf)?;
             self.counters.pages_mapped += 1;
         }
         Ok(FaultResolution::Mapped)
