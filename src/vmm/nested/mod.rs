@@ -26,8 +26,10 @@ pub use guest_view::{GuestView, NestedExit};
 /// How many nested exits one translation may take before the VMM gives up on it.
 const MAX_EXITS_PER_WALK: u32 = 8;
 
-/// Entries of the memo of where the guest kernel's own accesses land.
-const KERNEL_PAGES: usize = 1024;
+/// Entries of the memo of where the guest kernel's own accesses land: enough for the page-table
+/// frames of tens of gigabytes of guest memory touched at random (one per 2 MiB), which the
+/// kernel's fault handler and the simulator's prefetching read over and over.
+const KERNEL_PAGES: usize = 16384;
 
 /// A VM under nested paging.
 pub struct Nested<F> {
@@ -162,14 +164,17 @@ impl<F: NestedFormat> Mode for Nested<F> {
     }
 
     fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
-        // The guest's tables, each entry's GPA through the nested table (whose entries for
-        // guest page-table frames, few and packed, stay in the host's caches).
-        let read = |gpa: Gpa| self.peek_nested(gpa).map(|hpa| self.host.memory.read_u64(hpa));
+        // The guest's tables, each entry's GPA found where the guest kernel's accesses found
+        // it or else through the nested table (whose entries for guest page-table frames, few
+        // and packed, stay in the host's caches).
+        let host_of =
+            |gpa: Gpa| self.kernel_pages.get(gpa).map(|(hpa, ())| hpa).or_else(|| self.peek_nested(gpa));
+        let read = |gpa: Gpa| host_of(gpa).map(|hpa| self.host.memory.read_u64(hpa));
         let root = vcpu.cr3.root;
         let mut touches = Touches::new();
         for va in vas {
             let last = builder::last_entry(read, EntryFormat::X86, root, vcpu.cpu.levels, va.as_u64());
-            touches.push(last.and_then(|gpa| self.peek_nested(gpa)));
+            touches.push(last.and_then(host_of));
         }
         self.host.memory.touch(&touches);
     }
