@@ -190,7 +190,9 @@ impl Vcpu {
                     global: m.global,
                     dirty: m.dirty,
                 };
-                self.tlb.insert(entry, va, access.is_fetch());
+                // Every path here follows a lookup that missed, a dropped entry or a fault's
+                // invalidation of the page, and nothing fills the TLB in between.
+                self.tlb.insert_after_miss(entry, va, access.is_fetch());
                 PageOutcome::Done(Hpa::new(m.page.as_u64() | va.page_offset(m.size)))
             }
             Resolved::Fault(fault) => {

@@ -55,8 +55,9 @@ impl Level {
         None
     }
 
-    /// Inserts `entry`, splitting it into the largest size this level holds if needed.
-    fn insert(&mut self, entry: TlbEntry, va: Gva) {
+    /// Inserts `entry`, splitting it into the largest size this level holds if needed; with
+    /// `absent`, the caller knows the level does not hold it (see [`TlbArray::insert_absent`]).
+    fn insert(&mut self, entry: TlbEntry, va: Gva, absent: bool) {
         let mut fitted = entry;
         for size in [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K] {
             if size > entry.size {
@@ -67,8 +68,10 @@ impl Level {
                 break;
             }
         }
-        if let Some(array) = self.array(fitted.size) {
-            array.insert(fitted);
+        match self.array(fitted.size) {
+            Some(array) if absent => array.insert_absent(fitted),
+            Some(array) => array.insert(fitted),
+            None => {}
         }
     }
 
@@ -198,7 +201,8 @@ impl Tlb {
                 self.stats.l1_hits += 1;
                 return Some(TlbHit { entry, level: 1 });
             }
-            l1.insert(entry, va);
+            // The L1 lookup just missed: the L1 does not hold the page.
+            l1.insert(entry, va, true);
             self.stats.l2_hits += 1;
             return Some(TlbHit { entry, level: 2 });
         }
@@ -208,12 +212,20 @@ impl Tlb {
 
     /// Fills both levels with a translation a walk produced for `va`.
     pub fn insert(&mut self, entry: TlbEntry, va: Gva, fetch: bool) {
-        self.l2.insert(entry, va);
-        if fetch {
-            self.l1i.insert(entry, va);
-        } else {
-            self.l1d.insert(entry, va);
-        }
+        self.fill(entry, va, fetch, false);
+    }
+
+    /// [`Tlb::insert`] after a lookup of `va` under the entry's tag on the `fetch` side missed,
+    /// or its entry was dropped, with nothing inserted since: neither level holds the page,
+    /// so a full set needs no search for it.
+    pub fn insert_after_miss(&mut self, entry: TlbEntry, va: Gva, fetch: bool) {
+        self.fill(entry, va, fetch, true);
+    }
+
+    fn fill(&mut self, entry: TlbEntry, va: Gva, fetch: bool, absent: bool) {
+        self.l2.insert(entry, va, absent);
+        let l1 = if fetch { &mut self.l1i } else { &mut self.l1d };
+        l1.insert(entry, va, absent);
     }
 
     /// Drops any entry that translates `va` under `tag`, and global entries for it in every
