@@ -75,6 +75,7 @@ impl EptEntry {
     /// read, a reserved bit set (above `phys_bits`; 7:3 in a non-leaf; 20:12 / 29:12 in a
     /// 2 MiB / 1 GiB leaf), or a reserved memory type (2, 3 or 7) in a leaf. Execute-only
     /// entries are allowed, as on processors that report that capability.
+    #[inline]
     pub fn is_misconfigured(self, level: Level, phys_bits: u8) -> bool {
         let raw = self.0;
         if raw & (Self::READ | Self::WRITE) == Self::WRITE {

@@ -50,7 +50,8 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
         AccessKind::Fetch => EptEntry::EXECUTE,
     };
     let mut allowed = EptEntry::RWX;
-    let mut used: [(u64, u64, Level); 5] = [(0, 0, Level::Pt); 5];
+    // Entries used (address, value), root first; each is one level below the one before.
+    let mut used = [(0u64, 0u64); 5];
     let mut used_len = 0;
     let mut table = eptp.root().as_u64();
     let mut level = eptp.levels().root();
@@ -66,14 +67,15 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
             return EptOutcome::Misconfig(level);
         }
         allowed &= raw;
-        used[used_len] = (entry_addr, raw, level);
+        used[used_len] = (entry_addr, raw);
         used_len += 1;
         if entry.is_leaf(level) {
             if allowed & needed == 0 {
                 return EptOutcome::Violation(qualification(access, allowed, eptp));
             }
             if eptp.ad_enabled() {
-                for (i, &(addr, value, at)) in used[..used_len].iter().enumerate() {
+                let mut at = eptp.levels().root();
+                for (i, &(addr, value)) in used[..used_len].iter().enumerate() {
                     let mut new = value | EptEntry::ACCESSED;
                     if i + 1 == used_len && access.kind == AccessKind::Write {
                         new |= EptEntry::DIRTY;
@@ -81,6 +83,7 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
                     if new != value {
                         let Ok(()) = mem.write_entry(Hpa::new(addr), at, new);
                     }
+                    at = at.next_lower().unwrap_or(at);
                 }
             }
             let size = level.leaf_size().unwrap_or(PageSize::Size4K);

@@ -146,6 +146,7 @@ struct Tracer<'a, 'b> {
 impl TableMemory<Hpa> for Tracer<'_, '_> {
     type Error = std::convert::Infallible;
 
+    #[inline]
     fn read_entry(&mut self, addr: Hpa, level: Level) -> Result<u64, Self::Error> {
         let value = self.inner.read_entry(addr, level)?;
         if let Some(trace) = self.trace.as_mut() {
