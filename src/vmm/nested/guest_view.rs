@@ -109,8 +109,11 @@ impl<F: NestedFormat> TableMemory<Gpa> for GuestView<'_, F> {
         let access = NestedAccess { kind: self.format.guest_table_access(), final_translation: false };
         let (hpa, _) = self.nested(addr, access)?;
         self.guest_refs += 1;
-        self.read[self.read_len % 5] = (addr, hpa);
-        self.read_len += 1;
+        // A walk reads at most five entries; any beyond are simply not remembered.
+        if let Some(slot) = self.read.get_mut(self.read_len) {
+            *slot = (addr, hpa);
+            self.read_len += 1;
+        }
         let value = self.memory.read_u64(hpa);
         if let Some(trace) = self.trace.as_mut() {
             trace.push(WalkRef { table: "guest", level: level.number(), gpa: Some(addr), hpa, entry: value });
@@ -119,8 +122,7 @@ impl<F: NestedFormat> TableMemory<Gpa> for GuestView<'_, F> {
     }
 
     fn write_entry(&mut self, addr: Gpa, _level: Level, value: u64) -> Result<(), NestedExit> {
-        let known =
-            self.read[..self.read_len.min(5)].iter().find(|(gpa, _)| *gpa == addr).map(|(_, hpa)| *hpa);
+        let known = self.read[..self.read_len].iter().find(|(gpa, _)| *gpa == addr).map(|(_, hpa)| *hpa);
         let hpa = match known {
             Some(hpa) => hpa,
             None => {
