@@ -400,6 +400,14 @@ impl PageSize {
             Self::Size1G => 30,
         }
     }
+    /// The level of the table whose entries map pages of this size.
+    pub const fn leaf_level(self) -> Level {
+        match self {
+            Self::Size4K => Level::Pt,
+            Self::Size2M => Level::Pd,
+            Self::Size1G => Level::Pdpt,
+        }
+    }
     /// A short label: "4K", "2M", "1G".
     pub const fn label(self) -> &'static str {
         match self {
@@ -468,6 +476,9 @@ mod tests {
         assert_eq!(Level::Pml5.next_lower(), Some(Level::Pml4));
         assert_eq!(Level::Pt.next_lower(), None);
         assert_eq!(Level::Pd.leaf_size(), Some(PageSize::Size2M));
+        for size in [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G] {
+            assert_eq!(size.leaf_level().leaf_size(), Some(size));
+        }
         assert_eq!(Size1GiB::SIZE.bytes(), 1 << 30);
     }
 

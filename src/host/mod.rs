@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::addr::{Gpa, Hfn, Hpa, Hva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::memory::{BigFrame, FrameAllocator, MemorySlot, MemorySlots, OutOfFrames, PhysMemory};
-use crate::paging::builder::{self, EntryFormat, InstallError, TableStore};
+use crate::paging::builder::{self, EntryFormat, InstallError, Slot, TableStore};
 use crate::paging::Pte;
 
 pub use frame_memo::FrameMemo;
@@ -159,9 +159,13 @@ impl Host {
 
     /// The host-physical address of `hva` through the VMM's page tables, if mapped.
     pub fn hpa_of_hva(&self, hva: Hva) -> Option<(Hpa, PageSize)> {
+        self.search(hva).mapped(hva.as_u64()).map(|(hpa, size)| (Hpa::new(hpa), size))
+    }
+
+    /// Where a search of the VMM's page tables for `hva` stops.
+    fn search(&self, hva: Hva) -> Slot<Hpa> {
         let read = |addr| self.memory.read_u64(addr);
-        let slot = builder::search(read, EntryFormat::X86, self.root, PagingLevels::Four, hva.as_u64());
-        slot.mapped(hva.as_u64()).map(|(hpa, size)| (Hpa::new(hpa), size))
+        builder::search(read, EntryFormat::X86, self.root, PagingLevels::Four, hva.as_u64())
     }
 
     /// The host-physical address backing `gpa` if it has been backed, read without side
@@ -191,7 +195,9 @@ impl Host {
             return Ok(found);
         }
         let hva = self.slots.hva_of(gpa).ok_or(BackingError::Unbacked(gpa))?;
-        if let Some(found) = self.hpa_of_hva(hva) {
+        let slot = self.search(hva);
+        if let Some((hpa, size)) = slot.mapped(hva.as_u64()) {
+            let found = (Hpa::new(hpa), size);
             self.recent.remember(gpa, found.0, found.1);
             return Ok(found);
         }
@@ -219,13 +225,18 @@ impl Host {
             leaf = leaf.with(Pte::PAGE_SIZE);
         }
         let table_flags = Pte::PRESENT | Pte::WRITABLE | Pte::USER;
-        let root = self.root;
+        // Install from where the search stopped, unless that is below the new leaf's level (a
+        // smaller host page's table in a range now backed by a larger page).
+        let from = if slot.level >= size.leaf_level() {
+            slot.table()
+        } else {
+            (self.root, PagingLevels::Four.root())
+        };
         let mut store = HostTables { memory: &mut self.memory, frames: &mut frames.small, created: 0 };
-        match builder::install(
+        match builder::install_from(
             &mut store,
             EntryFormat::X86,
-            root,
-            PagingLevels::Four,
+            from,
             hva.as_u64(),
             size,
             leaf.0,

@@ -184,11 +184,7 @@ pub fn install_from<P: PhysAddr, S: TableStore<P>>(
     leaf: u64,
     table_entry_flags: u64,
 ) -> Result<(u64, P), InstallError> {
-    let leaf_level = match size {
-        PageSize::Size4K => Level::Pt,
-        PageSize::Size2M => Level::Pd,
-        PageSize::Size1G => Level::Pdpt,
-    };
+    let leaf_level = size.leaf_level();
     let mut created = 0;
     let (mut table, mut level) = from;
     while level > leaf_level {
