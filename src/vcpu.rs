@@ -147,13 +147,13 @@ impl Vcpu {
     /// [`Tlb::unchanged_hit`]) with rights the entry grants, counted as the L1 hit it is.
     /// `None` (with nothing changed) leaves the access to `translate`.
     #[inline(always)]
-    pub fn unchanged_hit(&mut self, va: Gva, access: Access) -> Option<Hpa> {
+    pub fn unchanged_hit(&mut self, va: Gva, access: Access) -> Option<TlbEntry> {
         let entry = self.tlb.unchanged_hit(va, access.is_fetch(), self.tag())?;
         if !entry.serves(access, &self.cpu) {
             return None;
         }
         self.tlb.count_unchanged_hit();
-        Some(entry.translate(va))
+        Some(entry)
     }
 
     /// Translates the page of `va` for `access`. A first attempt is one TLB lookup; a

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod explain;
 pub mod machine;
 pub mod prefetch;
+pub mod recent_pages;
 pub mod run;
 pub mod stats;
 pub mod verify;

@@ -9,10 +9,11 @@ use crate::addr::{Gpa, Gva, PageSize, PagingLevels, PAGE_BYTES};
 use crate::cost::CostModel;
 use crate::guest::{FaultResolution, Kernel, KernelConfig, KernelError, Pid};
 use crate::host::Host;
-use crate::paging::{Access, CpuState, Privilege};
+use crate::paging::{Access, AccessKind, CpuState, Privilege};
 use crate::sim::explain::Explanation;
 use crate::sim::machine::Machine;
 use crate::sim::prefetch::Prefetcher;
+use crate::sim::recent_pages::RecentPages;
 use crate::sim::stats::Stats;
 use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
@@ -466,6 +467,7 @@ fn run_slice<M: Mode>(
     // Verification observes every translation, so it takes the general path throughout.
     let fast_hits = !verifier.enabled();
     let mut prefetcher = Prefetcher::new(ahead);
+    let mut recent = RecentPages::default();
     while done < budget {
         let ops = feed.pending()?;
         if ops.is_empty() {
@@ -482,6 +484,7 @@ fn run_slice<M: Mode>(
                     stop = Some(SliceEnd::StartMeasuring);
                     break;
                 }
+                recent.forget();
                 apply(guest, *op)?;
                 continue;
             };
@@ -490,8 +493,13 @@ fn run_slice<M: Mode>(
                 break;
             }
             used += 1;
-            let access_kind = Access::new(kind, Privilege::User);
-            if !(fast_hits && guest.unchanged_hit(pid, va, access_kind, size)) {
+            if fast_hits && recent.hit(pid, va, kind) && within_one_page(va, size) {
+                guest.count_fast_hit();
+            } else if let Some(kinds) = fast_hits.then(|| guest.unchanged_hit(pid, va, kind, size)).flatten()
+            {
+                recent.remember(pid, va, kind, kinds);
+            } else {
+                recent.forget();
                 // This access is operation `used - 1` of the batch.
                 general_access(guest, verifier, &mut prefetcher, ops, used - 1)?;
             }
@@ -531,19 +539,26 @@ fn general_access<M: Mode>(
 }
 
 impl<M: Mode> Guest<M> {
-    /// The common case done inline: a one-page access by the running process that hits the
-    /// most recent entry of its TLB set. `false` (with nothing changed) leaves the access to
-    /// [`access`].
+    /// The common case done inline: a one-page user access by the running process that hits
+    /// the most recent entry of its TLB set. The entry's allowed kinds (see
+    /// [`crate::tlb::TlbEntry::user_kinds`]), or `None` (with nothing changed) to leave the
+    /// access to [`access`].
     #[inline]
-    fn unchanged_hit(&mut self, pid: Pid, va: Gva, access: Access, size: u32) -> bool {
-        if !within_one_page(va, size)
-            || self.kernel.current() != Some(pid)
-            || self.machine.vcpu.unchanged_hit(va, access).is_none()
-        {
-            return false;
+    fn unchanged_hit(&mut self, pid: Pid, va: Gva, kind: AccessKind, size: u32) -> Option<u8> {
+        if !within_one_page(va, size) || self.kernel.current() != Some(pid) {
+            return None;
         }
+        let entry = self.machine.vcpu.unchanged_hit(va, Access::new(kind, Privilege::User))?;
         self.machine.vcpu.stats.accesses += 1;
-        true
+        Some(entry.user_kinds())
+    }
+
+    /// Counts a fast hit [`RecentPages`] answered: the L1 hit [`Guest::unchanged_hit`] would
+    /// have counted.
+    #[inline(always)]
+    fn count_fast_hit(&mut self) {
+        self.machine.vcpu.stats.accesses += 1;
+        self.machine.vcpu.tlb.count_unchanged_hit();
     }
 }
 

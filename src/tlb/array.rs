@@ -48,13 +48,19 @@ impl TlbEntry {
         if access.privilege == Privilege::Supervisor {
             return self.rights.permit(access, cpu) && (self.dirty || !access.is_write());
         }
-        // A user access, without branches on its kind (the hot case): one bit per kind.
+        // A user access, without branches on its kind (the hot case).
+        self.user_kinds() & 1 << access.kind as u8 != 0
+    }
+
+    /// The kinds of user access the entry lets complete without a walk, one bit per
+    /// [`AccessKind`] (`1 << kind as u8`).
+    #[inline]
+    pub fn user_kinds(&self) -> u8 {
         let r = self.rights;
-        let kinds = u8::from(r.user)
+        u8::from(r.user)
             * (1 << AccessKind::Read as u8
                 | u8::from(r.writable && self.dirty) << AccessKind::Write as u8
-                | u8::from(!r.no_execute) << AccessKind::Fetch as u8);
-        kinds & 1 << access.kind as u8 != 0
+                | u8::from(!r.no_execute) << AccessKind::Fetch as u8)
     }
 
     /// The physical address of `va` through this entry.
