@@ -181,13 +181,15 @@ impl<R: Read> CompactTrace<R> {
         let available = self.chunks.available();
         let whole = (available.len() / RECORD_BYTES).min(room);
         let records = &available[..whole * RECORD_BYTES];
-        // Check first, then decode the valid run in one pass that needs no capacity checks.
-        let valid = records.chunks_exact(RECORD_BYTES).take_while(|bytes| is_valid(fields(bytes))).count();
-        out.extend(records[..valid * RECORD_BYTES].chunks_exact(RECORD_BYTES).map(|bytes| {
-            let (address, size, code) = fields(bytes);
-            let kind = KINDS.get(code).copied().unwrap_or(AccessKind::Write);
-            Op::Access { pid, va: Gva::new_truncate(address), kind, size }
+        // One pass: decode records while they are well formed (room is reserved up front).
+        out.reserve(whole);
+        let before = out.len();
+        out.extend(records.chunks_exact(RECORD_BYTES).map_while(|bytes| {
+            let fields @ (address, size, code) = fields(bytes);
+            let kind = *KINDS.get(code)?;
+            is_valid(fields).then(|| Op::Access { pid, va: Gva::new_truncate(address), kind, size })
         }));
+        let valid = out.len() - before;
         let failure = (valid < whole).then(|| {
             let bytes = &records[valid * RECORD_BYTES..(valid + 1) * RECORD_BYTES];
             let (address, size, _) = fields(bytes);
