@@ -20,16 +20,16 @@ struct Page {
 /// No page: no page number reaches `u64::MAX`, and no kind is allowed.
 const NO_PAGE: Page = Page { vpn: u64::MAX, kinds: 0 };
 
-/// The last fast hit on each side, for one process.
+/// The last fast hit on each side, for one process (meaningless while both are [`NO_PAGE`]).
 pub struct RecentPages {
-    pid: Option<Pid>,
+    pid: Pid,
     /// Data side first, fetch side second.
     pages: [Page; 2],
 }
 
 impl Default for RecentPages {
     fn default() -> Self {
-        Self { pid: None, pages: [NO_PAGE; 2] }
+        Self { pid: 0, pages: [NO_PAGE; 2] }
     }
 }
 
@@ -39,14 +39,14 @@ impl RecentPages {
     #[inline(always)]
     pub fn hit(&self, pid: Pid, va: Gva, kind: AccessKind) -> bool {
         let page = self.pages[usize::from(kind == AccessKind::Fetch)];
-        page.vpn == va.vpn() && page.kinds & 1 << kind as u8 != 0 && self.pid == Some(pid)
+        page.vpn == va.vpn() && page.kinds & 1 << kind as u8 != 0 && self.pid == pid
     }
 
     /// Remembers a fast hit by `pid` on `va`'s page, whose entry allows `kinds`.
     #[inline(always)]
     pub fn remember(&mut self, pid: Pid, va: Gva, kind: AccessKind, kinds: u8) {
-        if self.pid != Some(pid) {
-            *self = Self { pid: Some(pid), ..Self::default() };
+        if self.pid != pid {
+            *self = Self { pid, ..Self::default() };
         }
         self.pages[usize::from(kind == AccessKind::Fetch)] = Page { vpn: va.vpn(), kinds };
     }
