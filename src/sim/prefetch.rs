@@ -44,17 +44,18 @@ impl Prefetcher {
     }
 
     /// Before operation `at` of `ops`, an access, takes the general path: in a run of walks,
-    /// prefetches the walks of the accesses after it that `running` (the process on the CPU)
-    /// makes.
+    /// prefetches the walks of the next accesses not yet prefetched that `running` (the
+    /// process on the CPU) makes.
     #[cold]
     pub fn before<M: Mode>(&mut self, machine: &Machine<M>, running: Option<Pid>, ops: &[Op], at: usize) {
         if !self.due(at) {
             return;
         }
-        self.covered = (at + 1 + self.ahead).min(ops.len());
+        let from = self.covered.max(at + 1).min(ops.len());
+        self.covered = (from + self.ahead).min(ops.len());
         let mut vas = [Gva::new_truncate(0); MOST_AHEAD];
         let mut count = 0;
-        for op in &ops[(at + 1).min(self.covered)..self.covered] {
+        for op in &ops[from..self.covered] {
             if let (Op::Access { pid, va, .. }, Some(slot)) = (*op, vas.get_mut(count)) {
                 if Some(pid) == running {
                     *slot = va;
@@ -66,9 +67,11 @@ impl Prefetcher {
     }
 
     /// Whether operation `at` starts a prefetch: prefetching is on, the accesses right before
-    /// it walked, and no earlier prefetch covered it.
+    /// it walked, and the prefetched operations end less than half a prefetch ahead of it, so
+    /// an entry is touched 8 to 24 accesses (at 16 a time) before its walk needs it: early
+    /// enough for the miss to be over.
     fn due(&self, at: usize) -> bool {
-        self.ahead > 0 && self.in_a_row >= AFTER_WALKS && at >= self.covered
+        self.ahead > 0 && self.in_a_row >= AFTER_WALKS && at + self.ahead / 2 >= self.covered
     }
 
     /// After operation `at` took the general path: whether it walked.
