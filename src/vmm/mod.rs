@@ -7,6 +7,8 @@ pub mod shadow;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa};
 use crate::host::{GuestMemory, Host};
+use crate::memory::PhysMemory;
+use crate::paging::builder::{self, EntryFormat};
 use crate::paging::Access;
 use crate::paging::{walk, AdPolicy, WalkOutcome};
 use crate::sim::explain::Explanation;
@@ -16,6 +18,20 @@ use crate::vcpu::{Cr3, Resolved, Vcpu};
 pub use native::Native;
 pub use nested::{Ept, Nested, Npt};
 pub use shadow::{Shadow, ShadowConfig};
+
+/// Where in host memory a walk of the guest's own tables for `va` ends (the guest's last
+/// entry), found for [`Mode::prefetch`] by reading the entries above it without side effects;
+/// `host_of` tells where a guest-physical address lives in `memory`, if it can say.
+fn guest_walk_end(
+    memory: &PhysMemory,
+    host_of: impl Fn(Gpa) -> Option<Hpa>,
+    vcpu: &Vcpu,
+    va: Gva,
+) -> Option<Hpa> {
+    let read = |gpa| host_of(gpa).map(|hpa| memory.read_u64(hpa));
+    builder::last_entry(read, EntryFormat::X86, vcpu.cr3.root, vcpu.cpu.levels, va.as_u64())
+        .and_then(&host_of)
+}
 
 /// One design of memory virtualization (or none).
 pub trait Mode {

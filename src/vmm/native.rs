@@ -3,11 +3,10 @@
 
 use crate::addr::{Gfn, Gpa, Gva, Hfn, Hpa};
 use crate::memory::{PhysMemory, Touches};
-use crate::paging::builder::{self, EntryFormat};
 use crate::paging::{walk, Access, AdPolicy, Counted, Traced, WalkOutcome};
 use crate::sim::explain::{Explanation, WalkRef};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
-use crate::vmm::Mode;
+use crate::vmm::{guest_walk_end, Mode};
 
 /// Bare metal.
 pub struct Native {
@@ -40,11 +39,9 @@ impl Mode for Native {
     }
 
     fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
-        let root = Self::host(vcpu.cr3.root);
-        let read = |addr| Some(self.memory.read_u64(addr));
         let mut touches = Touches::new();
-        for va in vas {
-            touches.push(builder::last_entry(read, EntryFormat::X86, root, vcpu.cpu.levels, va.as_u64()));
+        for &va in vas {
+            touches.push(guest_walk_end(&self.memory, |gpa| Some(Self::host(gpa)), vcpu, va));
         }
         self.memory.touch(&touches);
     }

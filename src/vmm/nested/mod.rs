@@ -13,12 +13,12 @@ use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
 use crate::ept::NestedAccess;
 use crate::host::{BackingError, FrameMemo, GuestMemory, Host, VmmTables};
 use crate::memory::{OutOfFrames, Touches};
-use crate::paging::builder::{self, EntryFormat, InstallError};
+use crate::paging::builder::{self, InstallError};
 use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
 use crate::sim::explain::Explanation;
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
-use crate::vmm::Mode;
+use crate::vmm::{guest_walk_end, Mode};
 
 pub use format::{Ept, NestedFault, NestedFormat, Npt};
 pub use guest_view::{GuestView, NestedExit};
@@ -169,12 +169,9 @@ impl<F: NestedFormat> Mode for Nested<F> {
         // and packed, stay in the host's caches).
         let host_of =
             |gpa: Gpa| self.kernel_pages.get(gpa).map(|(hpa, ())| hpa).or_else(|| self.peek_nested(gpa));
-        let read = |gpa: Gpa| host_of(gpa).map(|hpa| self.host.memory.read_u64(hpa));
-        let root = vcpu.cr3.root;
         let mut touches = Touches::new();
-        for va in vas {
-            let last = builder::last_entry(read, EntryFormat::X86, root, vcpu.cpu.levels, va.as_u64());
-            touches.push(last.and_then(host_of));
+        for &va in vas {
+            touches.push(guest_walk_end(&self.host.memory, host_of, vcpu, va));
         }
         self.host.memory.touch(&touches);
     }

@@ -36,7 +36,7 @@ use crate::paging::{
 use crate::sim::explain::{Explanation, WalkRef};
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Cr3, Mapping, Resolved, Vcpu};
-use crate::vmm::Mode;
+use crate::vmm::{guest_walk_end, Mode};
 
 pub use page::{Role, ShadowPage};
 use rmap::ReverseMap;
@@ -575,16 +575,14 @@ impl Mode for Shadow {
     fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
         // The shadow walk's last entry, and the guest's, which the VMM reads when it fills it.
         let memory = &self.host.memory;
-        let guest_read = |gpa: Gpa| self.host.peek_backing(gpa).map(|hpa| memory.read_u64(hpa));
         let shadow_read = |hpa| Some(memory.read_u64(hpa));
-        let levels = vcpu.cpu.levels;
         let mut touches = Touches::new();
-        for va in vas {
+        for &va in vas {
             if let Some(root) = self.active {
+                let levels = vcpu.cpu.levels;
                 touches.push(builder::last_entry(shadow_read, EntryFormat::X86, root, levels, va.as_u64()));
             }
-            let guest = builder::last_entry(guest_read, EntryFormat::X86, vcpu.cr3.root, levels, va.as_u64());
-            touches.push(guest.and_then(|gpa| self.host.peek_backing(gpa)));
+            touches.push(guest_walk_end(memory, |gpa| self.host.peek_backing(gpa), vcpu, va));
         }
         memory.touch(&touches);
     }
