@@ -172,10 +172,7 @@ impl Host {
     /// The host-physical address backing `gpa` if it has been backed, read without side
     /// effects (not even on the memo of recent backings).
     pub fn peek_backing(&self, gpa: Gpa) -> Option<Hpa> {
-        match self.recent.get(gpa) {
-            Some((hpa, _)) => Some(hpa),
-            None => self.hpa_of_hva(self.slots.hva_of(gpa)?).map(|(hpa, _)| hpa),
-        }
+        self.recent.get(gpa).or_else(|| self.backing_in_tables(gpa)).map(|(hpa, _)| hpa)
     }
 
     /// The host-physical address backing `gpa` if it has been backed, without backing it.
@@ -183,10 +180,14 @@ impl Host {
         if let Some(found) = self.recent.get(gpa) {
             return Some(found);
         }
-        let hva = self.slots.hva_of(gpa)?;
-        let found = self.hpa_of_hva(hva)?;
+        let found = self.backing_in_tables(gpa)?;
         self.recent.remember(gpa, found.0, found.1);
         Some(found)
+    }
+
+    /// The backing of `gpa` as the VMM's page tables give it (memory slot, then HVA -> HPA).
+    fn backing_in_tables(&self, gpa: Gpa) -> Option<(Hpa, PageSize)> {
+        self.hpa_of_hva(self.slots.hva_of(gpa)?)
     }
 
     /// The host-physical address backing `gpa`, backing its page first if the VMM has not
