@@ -609,7 +609,11 @@ impl Mode for Shadow {
                 stats.shadow.flood_zaps += stats.shadow.zaps - before;
             } else {
                 let offset = gpa.as_u64() & (PAGE_BYTES - 1);
-                for table in self.protected.get(&gfn).cloned().unwrap_or_default() {
+                // Each shadow page of the frame in turn, read from the live list (no copy on
+                // this path, taken by every guest PTE write): a zap removes just the page it
+                // zaps from the list, so the next one moves up to the same position.
+                let mut next = 0;
+                while let Some(&table) = self.protected.get(&gfn).and_then(|tables| tables.get(next)) {
                     let flooded = self.pages.get_mut(&table).is_some_and(|page| {
                         page.writes_since_use = page.writes_since_use.saturating_add(1);
                         page.writes_since_use >= FLOOD_WRITES
@@ -620,6 +624,7 @@ impl Mode for Shadow {
                     } else {
                         // The guest will INVLPG or reload CR3 before relying on the change.
                         self.host.memory.write_u64(Hpa::new(table.as_u64() + offset), 0);
+                        next += 1;
                     }
                 }
             }
