@@ -2,6 +2,7 @@
 
 pub mod allocator;
 pub mod phys;
+pub mod sparse_words;
 
 pub use allocator::{BigFrame, FrameAllocator, FrameNumber, OutOfFrames};
 pub use phys::{PhysMemory, Touches};

@@ -11,81 +11,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use rustc_hash::FxHashMap;
-
 use crate::addr::{Hfn, Hpa, PAGE_BYTES};
-
-/// The entries of one frame.
-type FrameWords = Box<[u64; 512]>;
-
-/// Frames below this number are found by index, the rest through a hash map. Page-table
-/// frames come from the low end of every frame pool, so walks mostly index; the limit keeps
-/// the index (8 bytes per frame number up to the highest one used) small.
-const DENSE_FRAMES: u64 = 1 << 24;
-
-/// The frames holding bytes.
-#[derive(Default)]
-struct Frames {
-    /// Frames below [`DENSE_FRAMES`], by number; grown as higher ones are written.
-    dense: Vec<Option<FrameWords>>,
-    /// Frames from [`DENSE_FRAMES`] up.
-    sparse: FxHashMap<Hfn, FrameWords>,
-    /// Frames holding bytes.
-    count: usize,
-}
-
-impl Frames {
-    #[inline]
-    fn get(&self, frame: Hfn) -> Option<&FrameWords> {
-        let number = frame.number();
-        if number < DENSE_FRAMES {
-            usize::try_from(number).ok().and_then(|i| self.dense.get(i)).and_then(Option::as_ref)
-        } else {
-            self.sparse.get(&frame)
-        }
-    }
-
-    fn get_or_create(&mut self, frame: Hfn) -> &mut FrameWords {
-        let number = frame.number();
-        let index = usize::try_from(number).ok().filter(|_| number < DENSE_FRAMES);
-        match index {
-            Some(i) => {
-                if i >= self.dense.len() {
-                    self.dense.resize_with(i + 1, || None);
-                }
-                let slot = &mut self.dense[i];
-                if slot.is_none() {
-                    self.count += 1;
-                }
-                slot.get_or_insert_with(|| Box::new([0; 512]))
-            }
-            None => {
-                let count = &mut self.count;
-                self.sparse.entry(frame).or_insert_with(|| {
-                    *count += 1;
-                    Box::new([0; 512])
-                })
-            }
-        }
-    }
-
-    fn remove(&mut self, frame: Hfn) {
-        let number = frame.number();
-        let removed = if number < DENSE_FRAMES {
-            usize::try_from(number).ok().and_then(|i| self.dense.get_mut(i)).and_then(Option::take).is_some()
-        } else {
-            self.sparse.remove(&frame).is_some()
-        };
-        if removed {
-            self.count -= 1;
-        }
-    }
-}
+use crate::memory::sparse_words::{word_in_block, SparseWords};
 
 /// Sparse host physical memory.
 #[derive(Default)]
 pub struct PhysMemory {
-    frames: Rc<RefCell<Frames>>,
+    /// One block per frame (a frame is 512 entries).
+    frames: Rc<RefCell<SparseWords>>,
 }
 
 impl PhysMemory {
@@ -103,16 +36,13 @@ impl PhysMemory {
     /// aligned entry read would).
     #[inline]
     pub fn read_u64(&self, addr: Hpa) -> u64 {
-        match self.frames.borrow().get(addr.frame()) {
-            Some(words) => words[word_index(addr)],
-            None => 0,
-        }
+        self.frames.borrow().read(word_number(addr))
     }
 
     /// Stores an 8-byte word, giving the frame storage if it had none.
     #[inline]
     pub fn write_u64(&mut self, addr: Hpa, value: u64) {
-        self.frames.borrow_mut().get_or_create(addr.frame())[word_index(addr)] = value;
+        self.frames.borrow_mut().write(word_number(addr), value);
     }
 
     /// Reads the words `touches` names, for their effect on the host's caches alone: the
@@ -122,8 +52,8 @@ impl PhysMemory {
         let frames = self.frames.borrow();
         let mut seen = 0;
         for &addr in &touches.addrs[..touches.len] {
-            if let Some(words) = frames.get(addr.frame()) {
-                seen ^= words[word_index(addr)];
+            if let Some(words) = frames.block(addr.frame().number()) {
+                seen ^= words[word_in_block(word_number(addr))];
             }
         }
         std::hint::black_box(seen);
@@ -131,12 +61,12 @@ impl PhysMemory {
 
     /// Zeroes a frame and drops its storage.
     pub fn zero_frame(&mut self, frame: Hfn) {
-        self.frames.borrow_mut().remove(frame);
+        self.frames.borrow_mut().remove_block(frame.number());
     }
 
     /// How many frames hold bytes.
     pub fn frames_with_storage(&self) -> usize {
-        self.frames.borrow().count
+        self.frames.borrow().blocks()
     }
 
     /// Bytes of frame storage held.
@@ -177,10 +107,10 @@ impl Default for Touches {
     }
 }
 
+/// The number of the 8-byte word holding `addr`: frames are blocks of 512 words.
 #[inline]
-fn word_index(addr: Hpa) -> usize {
-    // 0..512 by the mask.
-    ((addr.as_u64() & (PAGE_BYTES - 1)) >> 3) as usize
+fn word_number(addr: Hpa) -> u64 {
+    addr.as_u64() >> 3
 }
 
 impl crate::paging::TableMemory<Hpa> for PhysMemory {
@@ -205,7 +135,8 @@ mod tests {
     #[test]
     fn high_frames_use_the_map_and_count_alike() {
         let mut mem = PhysMemory::new();
-        let high = Hpa::new(DENSE_FRAMES << 12 | 0x10);
+        // Frame 2^28: beyond the frames found by index.
+        let high = Hpa::new(1 << 40 | 0x10);
         mem.write_u64(high, 7);
         mem.write_u64(Hpa::new(0x3000), 9);
         mem.write_u64(Hpa::new(0x3008), 10);
