@@ -170,6 +170,24 @@ fn shadow_exits_follow_the_rules() {
 }
 
 #[test]
+fn shadow_faults_follow_present_links_without_the_hash() {
+    // A scan of 2,048 pages faults each one in under four levels of tables; the upper shadow
+    // entries are linked once, so (as in KVM's fault path) later faults follow them and look
+    // nothing up. A lookup per level per fault would make at least three per hidden fault.
+    let mut workload = scenario("seq-scan", &[("size", "8M"), ("passes", "1")], PageSize::Size4K);
+    let report = run(ModeName::Shadow, &SimConfig::default(), workload.as_mut()).expect("run");
+    let shadow = &report.stats.shadow;
+    let lookups = shadow.hash_hits + shadow.hash_misses;
+    assert!(shadow.hidden_faults >= 2048, "{shadow:?}");
+    assert!(
+        lookups < shadow.hidden_faults / 10,
+        "{lookups} hash lookups for {} hidden faults",
+        shadow.hidden_faults
+    );
+    assert_eq!(shadow.hash_misses, shadow.created);
+}
+
+#[test]
 fn an_exact_tlb_gives_the_same_misses_in_every_mode_without_flushes() {
     let config = SimConfig { tlb: TlbConfig::Single { entries: 64, ways: 4 }, ..SimConfig::default() };
     let misses: Vec<u64> = ALL.iter().map(|&mode| run_trace(mode, &config).stats.tlb_misses).collect();

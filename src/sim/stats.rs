@@ -54,7 +54,8 @@ pub struct ShadowStats {
     pub recycled: u64,
     /// Guest frames unprotected because the guest wrote them through a mapping.
     pub unprotects: u64,
-    /// Lookups of the (guest frame, role) hash that found a shadow page.
+    /// Lookups of the (guest frame, role) hash that found a shadow page. A fault looks up
+    /// only the shadow entries it finds missing; present ones are followed.
     pub hash_hits: u64,
     /// Lookups that had to create one.
     pub hash_misses: u64,

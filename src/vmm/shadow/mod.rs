@@ -429,16 +429,7 @@ impl Shadow {
         stats: &mut Stats,
     ) -> Result<Hpa, OutOfFrames> {
         let child = self.get_or_create(gfn, role, stats)?;
-        let mut value = child.as_u64() | Pte::PRESENT | Pte::ACCESSED;
-        if rights.writable {
-            value |= Pte::WRITABLE;
-        }
-        if rights.user {
-            value |= Pte::USER;
-        }
-        if rights.no_execute {
-            value |= Pte::NO_EXECUTE;
-        }
+        let value = child.as_u64() | link_flags(rights);
         let old = self.host.memory.read_u64(spte);
         if old != value {
             self.host.memory.write_u64(spte, value);
@@ -498,6 +489,15 @@ impl Shadow {
             }
             let Some(lower) = level.next_lower() else { return FaultFix::Emulated };
             let spte = entry_address(table, va.as_u64(), level);
+            // A present link with the guest entry's rights is current: every change to the
+            // guest entry it was made from zapped it (the guest table is write-protected).
+            // Follow it without the hash, as KVM's fault path follows present entries.
+            let value = self.host.memory.read_u64(spte);
+            if value & Pte::PRESENT != 0 && value & !Pte::ADDRESS_MASK == link_flags(step.rights) {
+                table = Hpa::new(value & Pte::ADDRESS_MASK);
+                level = lower;
+                continue;
+            }
             let role = Role { level: lower, direct: false };
             match self.link(spte, step.next.frame(), role, step.rights, stats) {
                 Ok(child) => table = child,
@@ -546,6 +546,21 @@ impl Shadow {
         self.rmap.add(gfn, spte);
         FaultFix::Fixed
     }
+}
+
+/// The flags of a shadow entry that links a lower shadow table with `rights`.
+fn link_flags(rights: Rights) -> u64 {
+    let mut flags = Pte::PRESENT | Pte::ACCESSED;
+    if rights.writable {
+        flags |= Pte::WRITABLE;
+    }
+    if rights.user {
+        flags |= Pte::USER;
+    }
+    if rights.no_execute {
+        flags |= Pte::NO_EXECUTE;
+    }
+    flags
 }
 
 /// A leaf shadow entry for `page` (accessed set; dirty set with write access, so the
