@@ -24,6 +24,7 @@ pub mod rmap;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PageSize, PagingLevels, PAGE_BYTES};
 use crate::host::{GuestMemory, Host};
@@ -47,6 +48,10 @@ const FLOOD_WRITES: u8 = 3;
 const ROOT_CACHE: usize = 4;
 /// How many page-fault exits one translation may take before the VMM gives up on it.
 const MAX_FAULTS_PER_WALK: u32 = 8;
+
+/// The shadow pages of one guest frame: almost always one, kept inline so the frame's entry
+/// in the hash holds it (a guest PTE write reads it without following a pointer).
+type Tables = SmallVec<[Hpa; 1]>;
 
 /// Shadow-paging options.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
@@ -83,9 +88,9 @@ pub struct Shadow {
     pages: FxHashMap<Hpa, ShadowPage>,
     index: FxHashMap<(Gfn, Role), Hpa>,
     /// Indirect shadow pages of each write-protected guest frame.
-    protected: FxHashMap<Gfn, Vec<Hpa>>,
+    protected: FxHashMap<Gfn, Tables>,
     /// Out-of-sync shadow pages of each guest frame the guest may write freely.
-    unsync: FxHashMap<Gfn, Vec<Hpa>>,
+    unsync: FxHashMap<Gfn, Tables>,
     /// Leaf shadow entries that map each guest frame (entries may have gone stale).
     rmap: ReverseMap,
     order: VecDeque<Hpa>,
@@ -237,7 +242,7 @@ impl Shadow {
         if !page.role.direct {
             for map in [&mut self.protected, &mut self.unsync] {
                 if let Some(list) = map.get_mut(&page.gfn) {
-                    list.retain(|&t| t != table);
+                    list.retain(|t| *t != table);
                     if list.is_empty() {
                         map.remove(&page.gfn);
                     }
