@@ -209,6 +209,16 @@ impl<R: Read> LackeyTrace<R> {
             let mut result = Ok(());
             while out.len() < most {
                 let rest = &available[used..];
+                // The common line with a canonical address goes straight into the batch.
+                if let Some((record, length)) = parse_common_line(rest) {
+                    if let Ok(va) = Gva::try_new(record.address) {
+                        used += length;
+                        self.line += 1;
+                        self.accesses += 1;
+                        out.push(Op::Access { pid: self.pid, va, kind: record.kind, size: record.size });
+                        continue;
+                    }
+                }
                 let (record, length) = match parse_common_line(rest) {
                     Some((record, length)) => (Ok(Some(record)), length),
                     None => match memchr::memchr(b'\n', rest) {
