@@ -97,6 +97,35 @@ mod tests {
         assert_eq!(lines, vec![b"ab".to_vec(), b"cdefghij".to_vec(), Vec::new(), b"last".to_vec()]);
     }
 
+    /// Gives at most a chunk per read and notes how many bytes each read asked for.
+    struct Asking {
+        left: usize,
+        asks: Vec<usize>,
+    }
+
+    impl Read for Asking {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.asks.push(buf.len());
+            let given = buf.len().min(self.left).min(160);
+            buf[..given].fill(b'x');
+            self.left -= given;
+            Ok(given)
+        }
+    }
+
+    #[test]
+    fn a_carried_over_tail_still_leaves_a_whole_chunk_to_read() {
+        let mut chunks = Chunks::new(Asking { left: 1000, asks: Vec::new() }, 160);
+        for _ in 0..4 {
+            chunks.fill(160).expect("in memory");
+            // All but a few bytes used: the rest is carried to the front.
+            let used = chunks.available().len() - 7;
+            chunks.consume(used);
+            chunks.fill(8).expect("in memory");
+        }
+        assert!(chunks.reader.asks.iter().all(|&ask| ask >= 160), "{:?}", chunks.reader.asks);
+    }
+
     #[test]
     fn fill_and_consume() {
         let bytes = [1u8, 2, 3, 4, 5];
