@@ -336,6 +336,20 @@ mod tests {
             parse_common_line(b" S 1ffefffd38,8\r\nI"),
             Some((rec(AccessKind::Write, 0x1f_feff_fd38, 8), 17))
         );
+        // Followed by more of the stream (sixteen bytes to look at): the same answers.
+        let next = b"I  0401b821,4\n";
+        let stream = |line: &[u8]| [line, next].concat();
+        assert_eq!(
+            parse_common_line(&stream(b" L 1ffefffd40,8\n")),
+            Some((rec(AccessKind::Read, 0x1f_feff_fd40, 8), 16))
+        );
+        assert_eq!(
+            parse_common_line(&stream(b" M ffffffffffffffff,65536\n")),
+            Some((rec(AccessKind::Write, u64::MAX, 65536), 26))
+        );
+        assert_eq!(parse_common_line(&stream(b" M 1ffffffffffffffff,8\n")), None);
+        assert_eq!(parse_common_line(&stream(b" L ,8\n")), None);
+        assert_eq!(parse_common_line(&stream(b" L 12g4,8\n")), None);
         // Without its newline a line is left to the careful parser (more may be coming).
         assert_eq!(parse_common_line(b" L 1000,8"), None);
         assert_eq!(parse_common_line(b" L 1000,8 \n"), None);
@@ -351,10 +365,15 @@ mod tests {
             ]
         ) {
             let bytes = line.as_bytes();
-            if let Some((record, length)) = parse_common_line(bytes) {
-                proptest::prop_assert_eq!(length, bytes.len());
-                let without = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-                proptest::prop_assert_eq!(parse_line(without), Ok(Some(record)));
+            // Alone (near the end of a buffer: byte by byte) and followed by another line (as
+            // in a stream: eight digits at a time).
+            let followed = [bytes, b"I  0401b821,4\n"].concat();
+            for text in [bytes, &followed[..]] {
+                if let Some((record, length)) = parse_common_line(text) {
+                    proptest::prop_assert_eq!(length, bytes.len());
+                    let without = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+                    proptest::prop_assert_eq!(parse_line(without), Ok(Some(record)));
+                }
             }
         }
     }
