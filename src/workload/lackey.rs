@@ -336,7 +336,7 @@ mod tests {
             parse_common_line(b" S 1ffefffd38,8\r\nI"),
             Some((rec(AccessKind::Write, 0x1f_feff_fd38, 8), 17))
         );
-        // Followed by more of the stream (sixteen bytes to look at): the same answers.
+        // Followed by more of the stream: the same answers.
         let next = b"I  0401b821,4\n";
         let stream = |line: &[u8]| [line, next].concat();
         assert_eq!(
@@ -365,8 +365,7 @@ mod tests {
             ]
         ) {
             let bytes = line.as_bytes();
-            // Alone (near the end of a buffer: byte by byte) and followed by another line (as
-            // in a stream: eight digits at a time).
+            // Alone (at the end of a buffer) and followed by another line (as in a stream).
             let followed = [bytes, b"I  0401b821,4\n"].concat();
             for text in [bytes, &followed[..]] {
                 if let Some((record, length)) = parse_common_line(text) {
