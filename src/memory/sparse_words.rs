@@ -1,5 +1,5 @@
 //! A sparse array of 64-bit words indexed by a 64-bit number, stored in blocks of 512 words
-//! (4 KiB) that exist only once something non-zero has been written into them: memory grows
+//! (4 KiB) that exist only once something has been written into them: memory grows
 //! with the blocks written, not with the range of indexes. Host physical memory keeps its
 //! frames here (a block is a frame), and the shadow VMM its reverse map (a word per guest
 //! frame).
