@@ -361,8 +361,13 @@ fn run_with<M: Mode>(
         if shared {
             budget = budget.min(VM_QUANTUM - used);
         }
-        let (done, end) =
-            run_slice(&mut guests[turn], &mut feeds[turn], &mut verifier, budget, restart, config.prefetch)?;
+        let (guest, feed, ahead) = (&mut guests[turn], &mut feeds[turn], config.prefetch);
+        // The warm-up's end is a slice of its own kind, so the usual one tests nothing for it.
+        let (done, end) = if restart {
+            run_slice::<_, true>(guest, feed, &mut verifier, budget, ahead)?
+        } else {
+            run_slice::<_, false>(guest, feed, &mut verifier, budget, ahead)?
+        };
         total_accesses += done;
         used += done;
         match end {
@@ -453,14 +458,13 @@ enum SliceEnd {
 }
 
 /// Carries out `guest`'s operations from `feed` until `budget` accesses are done (at least
-/// one) or the workload ends or starts measuring; with `warmed_up`, stops before the first
+/// one) or the workload ends or starts measuring; with `WARMED_UP`, stops before the first
 /// access. Returns the accesses done and why it stopped. This is the hot loop of every run.
-fn run_slice<M: Mode>(
+fn run_slice<M: Mode, const WARMED_UP: bool>(
     guest: &mut Guest<M>,
     feed: &mut Feed<impl Workload>,
     verifier: &mut Verifier,
     budget: u64,
-    warmed_up: bool,
     ahead: usize,
 ) -> Result<(u64, SliceEnd), SimError> {
     let mut done = 0;
@@ -488,7 +492,7 @@ fn run_slice<M: Mode>(
                 apply(guest, *op)?;
                 continue;
             };
-            if warmed_up {
+            if WARMED_UP {
                 stop = Some(SliceEnd::WarmedUp);
                 break;
             }
