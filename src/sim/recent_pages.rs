@@ -9,16 +9,24 @@ use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::paging::AccessKind;
 
-/// One side's last page: its 4 KiB page number and the access kinds its entry lets a user
-/// access do without a walk (one bit per [`AccessKind`]).
+/// One side's last page: its address shifted right by 12 (every `Gva` is canonical, so two
+/// are equal exactly when their 4 KiB pages are, with no need to mask off the sign bits as
+/// the page number does) and the access kinds its entry lets a user access do without a walk (one bit per
+/// [`AccessKind`]).
 #[derive(Clone, Copy)]
 struct Page {
-    vpn: u64,
+    number: u64,
     kinds: u8,
 }
 
+/// The page of `va` as [`Page::number`] holds it.
+#[inline(always)]
+fn page_of(va: Gva) -> u64 {
+    va.as_u64() >> 12
+}
+
 /// No page: no page number reaches `u64::MAX`, and no kind is allowed.
-const NO_PAGE: Page = Page { vpn: u64::MAX, kinds: 0 };
+const NO_PAGE: Page = Page { number: u64::MAX, kinds: 0 };
 
 /// The last fast hit on each side, for one process (meaningless while both are [`NO_PAGE`]).
 pub struct RecentPages {
@@ -39,7 +47,7 @@ impl RecentPages {
     #[inline(always)]
     pub fn hit(&self, pid: Pid, va: Gva, kind: AccessKind) -> bool {
         let page = self.pages[usize::from(kind == AccessKind::Fetch)];
-        page.vpn == va.vpn() && page.kinds & 1 << kind as u8 != 0 && self.pid == pid
+        page.number == page_of(va) && page.kinds & 1 << kind as u8 != 0 && self.pid == pid
     }
 
     /// Remembers a fast hit by `pid` on `va`'s page, whose entry allows `kinds`.
@@ -48,7 +56,7 @@ impl RecentPages {
         if self.pid != pid {
             *self = Self { pid, ..Self::default() };
         }
-        self.pages[usize::from(kind == AccessKind::Fetch)] = Page { vpn: va.vpn(), kinds };
+        self.pages[usize::from(kind == AccessKind::Fetch)] = Page { number: page_of(va), kinds };
     }
 
     /// Forgets both pages: something other than a fast hit happened.
@@ -82,5 +90,11 @@ mod tests {
         assert!(!recent.hit(1, va, AccessKind::Read) && !recent.hit(2, va, AccessKind::Fetch));
         recent.forget();
         assert!(!recent.hit(2, va, AccessKind::Read));
+        // Upper-half (sign-extended) addresses: the same page, and the next one.
+        let high = Gva::new_truncate(0xffff_8000_0000_1008);
+        recent.remember(1, high, AccessKind::Read, 1 << AccessKind::Read as u8);
+        assert!(recent.hit(1, Gva::new_truncate(0xffff_8000_0000_1ff8), AccessKind::Read));
+        assert!(!recent.hit(1, Gva::new_truncate(0xffff_8000_0000_2000), AccessKind::Read));
+        assert!(!recent.hit(1, Gva::new_truncate(0x0000_8000_0000_1008), AccessKind::Read));
     }
 }
