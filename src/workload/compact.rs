@@ -185,6 +185,8 @@ impl<R: Read> CompactTrace<R> {
         out.reserve(whole);
         let before = out.len();
         out.extend(records.chunks_exact(RECORD_BYTES).map_while(|bytes| {
+            // Always a whole record (the conversion costs nothing once it is known).
+            let bytes: &[u8; RECORD_BYTES] = bytes.try_into().ok()?;
             let fields @ (address, size, code) = fields(bytes);
             let kind = *KINDS.get(code)?;
             is_valid(fields).then(|| Op::Access { pid, va: Gva::new_truncate(address), kind, size })
@@ -192,7 +194,8 @@ impl<R: Read> CompactTrace<R> {
         let valid = out.len() - before;
         let failure = (valid < whole).then(|| {
             let bytes = &records[valid * RECORD_BYTES..(valid + 1) * RECORD_BYTES];
-            let (address, size, _) = fields(bytes);
+            // A whole record by the slice's bounds: the fallback is never taken.
+            let (address, size, _) = fields(bytes.try_into().unwrap_or(&[0; RECORD_BYTES]));
             explain_bad(bytes, address, size)
         });
         self.chunks.consume(valid * RECORD_BYTES);
@@ -210,7 +213,7 @@ const KINDS: [AccessKind; 3] = [AccessKind::Fetch, AccessKind::Read, AccessKind:
 /// A record's address, size and kind code (with the reserved bytes above it, so any of them
 /// set makes the code invalid).
 #[inline]
-fn fields(bytes: &[u8]) -> (u64, u32, usize) {
+fn fields(bytes: &[u8; RECORD_BYTES]) -> (u64, u32, usize) {
     let word = |at: usize| {
         let mut word = [0u8; 8];
         word.copy_from_slice(&bytes[at..at + 8]);
