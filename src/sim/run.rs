@@ -361,12 +361,12 @@ fn run_with<M: Mode>(
         if shared {
             budget = budget.min(VM_QUANTUM - used);
         }
-        let (guest, feed, ahead) = (&mut guests[turn], &mut feeds[turn], config.prefetch);
-        // The warm-up's end is a slice of its own kind, so the usual one tests nothing for it.
+        let (guest, feed) = (&mut guests[turn], &mut feeds[turn]);
+        // The warm-up's end is handled on its own, so the slice loop tests nothing for it.
         let (done, end) = if restart {
-            run_slice::<_, true>(guest, feed, &mut verifier, budget, ahead)?
+            (0, up_to_next_access(guest, feed)?)
         } else {
-            run_slice::<_, false>(guest, feed, &mut verifier, budget, ahead)?
+            run_slice(guest, feed, &mut verifier, budget, config.prefetch)?
         };
         total_accesses += done;
         used += done;
@@ -457,10 +457,30 @@ enum SliceEnd {
     Ended,
 }
 
+/// At the warm-up's end: carries out `guest`'s operations from `feed` up to its next access,
+/// where the counters restart. Returns why it stopped: at that access, or because the workload
+/// started measuring or ended first.
+fn up_to_next_access<M: Mode>(
+    guest: &mut Guest<M>,
+    feed: &mut Feed<impl Workload>,
+) -> Result<SliceEnd, SimError> {
+    loop {
+        let Some(op) = feed.pending()?.first().copied() else { return Ok(SliceEnd::Ended) };
+        if matches!(op, Op::Access { .. }) {
+            return Ok(SliceEnd::WarmedUp);
+        }
+        feed.consume(1);
+        if op == Op::StartMeasuring {
+            return Ok(SliceEnd::StartMeasuring);
+        }
+        apply(guest, op)?;
+    }
+}
+
 /// Carries out `guest`'s operations from `feed` until `budget` accesses are done (at least
-/// one) or the workload ends or starts measuring; with `WARMED_UP`, stops before the first
-/// access. Returns the accesses done and why it stopped. This is the hot loop of every run.
-fn run_slice<M: Mode, const WARMED_UP: bool>(
+/// one) or the workload ends or starts measuring. Returns the accesses done and why it
+/// stopped. This is the hot loop of every run.
+fn run_slice<M: Mode>(
     guest: &mut Guest<M>,
     feed: &mut Feed<impl Workload>,
     verifier: &mut Verifier,
@@ -492,10 +512,6 @@ fn run_slice<M: Mode, const WARMED_UP: bool>(
                 apply(guest, *op)?;
                 continue;
             };
-            if WARMED_UP {
-                stop = Some(SliceEnd::WarmedUp);
-                break;
-            }
             used += 1;
             if fast_hits && recent.hit(pid, va, kind) && within_one_page(va, size) {
                 guest.count_fast_hit();
