@@ -31,7 +31,7 @@ pub struct SparseWords {
 
 impl SparseWords {
     /// Block `number`, if it has storage.
-    #[inline]
+    #[inline(always)]
     pub fn block(&self, number: u64) -> Option<&Block> {
         if number < DENSE_BLOCKS {
             usize::try_from(number).ok().and_then(|i| self.dense.get(i)).and_then(Option::as_ref)
@@ -82,7 +82,7 @@ impl SparseWords {
     }
 
     /// Word `index`.
-    #[inline]
+    #[inline(always)]
     pub fn read(&self, index: u64) -> u64 {
         self.block(index / WORDS_PER_BLOCK as u64).map_or(0, |block| block[word_in_block(index)])
     }
