@@ -209,18 +209,18 @@ impl<R: Read> LackeyTrace<R> {
             let mut result = Ok(());
             while out.len() < most {
                 let rest = &available[used..];
-                // The common line with a canonical address goes straight into the batch.
-                if let Some((record, length)) = parse_common_line(rest) {
-                    if let Ok(va) = Gva::try_new(record.address) {
-                        used += length;
-                        self.line += 1;
-                        self.accesses += 1;
-                        out.push(Op::Access { pid: self.pid, va, kind: record.kind, size: record.size });
-                        continue;
-                    }
-                }
                 let (record, length) = match parse_common_line(rest) {
-                    Some((record, length)) => (Ok(Some(record)), length),
+                    Some((record, length)) => match Gva::try_new(record.address) {
+                        // The common line with a canonical address goes straight into the batch.
+                        Ok(va) => {
+                            used += length;
+                            self.line += 1;
+                            self.accesses += 1;
+                            out.push(Op::Access { pid: self.pid, va, kind: record.kind, size: record.size });
+                            continue;
+                        }
+                        Err(_) => (Ok(Some(record)), length),
+                    },
                     None => match memchr::memchr(b'\n', rest) {
                         Some(newline) => (parse_line(&rest[..newline]), newline + 1),
                         None => break,
