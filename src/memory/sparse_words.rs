@@ -96,7 +96,7 @@ impl SparseWords {
 
 /// Where word `index` lies in its block.
 #[inline]
-pub fn word_in_block(index: u64) -> usize {
+fn word_in_block(index: u64) -> usize {
     // 511 = WORDS_PER_BLOCK - 1, written out so the cast is seen not to truncate.
     (index & 511) as usize
 }
