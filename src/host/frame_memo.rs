@@ -9,10 +9,9 @@ use crate::addr::{Gpa, Hpa, PageSize, PAGE_BYTES};
 #[derive(Clone, Debug)]
 pub struct FrameMemo<V> {
     /// (guest frame number or `u64::MAX` when empty, host page, extra).
+    /// A power of two of them, so a mask picks the slot (a division would cost tens of cycles
+    /// on every lookup of a software walk).
     slots: Vec<(u64, u64, V)>,
-    /// Slots - 1: the slot count is a power of two, so a mask picks the slot (a division
-    /// would cost tens of cycles on every lookup of a software walk).
-    mask: u64,
 }
 
 impl<V: Copy> FrameMemo<V> {
@@ -20,12 +19,12 @@ impl<V: Copy> FrameMemo<V> {
     /// unused extras.
     pub fn new(entries: usize, empty: V) -> Self {
         let entries = entries.max(1).next_power_of_two();
-        Self { slots: vec![(u64::MAX, 0, empty); entries], mask: entries as u64 - 1 }
+        Self { slots: vec![(u64::MAX, 0, empty); entries] }
     }
 
     #[inline]
     fn slot(&self, gpa: Gpa) -> usize {
-        usize::try_from(gpa.frame().number() & self.mask).unwrap_or(0)
+        usize::try_from(gpa.frame().number() & (self.slots.len() as u64 - 1)).unwrap_or(0)
     }
 
     /// The host address of `gpa` and what was remembered with it, if its frame is in the memo.
