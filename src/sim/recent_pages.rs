@@ -11,8 +11,8 @@ use crate::paging::AccessKind;
 
 /// One side's last page: its address shifted right by 12 (every `Gva` is canonical, so two
 /// are equal exactly when their 4 KiB pages are, with no need to mask off the sign bits as
-/// the page number does) and the access kinds its entry lets a user access do without a walk (one bit per
-/// [`AccessKind`]).
+/// the page number does) and the access kinds its entry lets a user access do without a
+/// walk (one bit per [`AccessKind`]).
 #[derive(Clone, Copy)]
 struct Page {
     number: u64,
