@@ -21,6 +21,7 @@
 pub mod page;
 pub mod rmap;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
@@ -97,6 +98,9 @@ pub struct Shadow {
     roots: VecDeque<(Gpa, u16, Hpa)>,
     active: Option<Hpa>,
     pending_flush: bool,
+    /// Page-fault exits counted at the last prefetch: while the VMM is not filling entries,
+    /// prefetching skips the guest's tables (it does not read them).
+    exits_at_prefetch: Cell<u64>,
 }
 
 impl Shadow {
@@ -116,6 +120,7 @@ impl Shadow {
             roots: VecDeque::new(),
             active: None,
             pending_flush: false,
+            exits_at_prefetch: Cell::new(0),
         }
     }
 
@@ -593,7 +598,11 @@ impl Mode for Shadow {
     }
 
     fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
-        // The shadow walk's last entry, and the guest's, which the VMM reads when it fills it.
+        // The shadow walk's last entry; and, while walks end in page-fault exits, the guest's,
+        // which the VMM reads to fill it. Over tables already filled, reaching the guest's
+        // entries (through the host's tables) would cost more than the walks it serves.
+        let exits = vcpu.stats.vm_exits.page_fault;
+        let filling = self.exits_at_prefetch.replace(exits) != exits;
         let memory = &self.host.memory;
         let shadow_read = |hpa| Some(memory.read_u64(hpa));
         let mut touches = Touches::new();
@@ -602,7 +611,9 @@ impl Mode for Shadow {
                 let levels = vcpu.cpu.levels;
                 touches.push(builder::last_entry(shadow_read, EntryFormat::X86, root, levels, va.as_u64()));
             }
-            touches.push(guest_walk_end(memory, |gpa| self.host.peek_backing(gpa), vcpu, va));
+            if filling {
+                touches.push(guest_walk_end(memory, |gpa| self.host.peek_backing(gpa), vcpu, va));
+            }
         }
         memory.touch(&touches);
     }
