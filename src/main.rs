@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use memvirt::addr::{Gva, PageSize, PagingLevels};
 use memvirt::paging::{Access, AccessKind, Privilege};
+use memvirt::sim::compare::WorkloadFactory;
 use memvirt::sim::{self, ModeName, SimConfig};
 use memvirt::tlb::TlbConfig;
 use memvirt::workload::open::open_trace;
@@ -141,7 +142,9 @@ struct BenchArgs {
     /// from the source tree).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Accesses of the miss-heavy scenario.
+    /// Random accesses of each uniform-random case: over a populated 16 GiB buffer (TLB
+    /// misses; writing its pages first is set-up, left out of the time), and over a fresh one
+    /// (mostly first touches: page faults).
     #[arg(long, default_value_t = 2_000_000)]
     accesses: u64,
     /// Forks of the fork storm.
@@ -570,22 +573,34 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
             scenario::build(name, &params, &ScenarioContext { seed: 1, page_size: PageSize::Size4K })
         }
     };
-    let mut results = Vec::new();
+    let random = |populate: &str| {
+        scenario(
+            "uniform-random",
+            vec![
+                ("size", "16G".to_string()),
+                ("accesses", args.accesses.to_string()),
+                ("populate", populate.to_string()),
+            ],
+        )
+    };
     let trace_factory = || open_trace(&trace, 1);
-    results.push(
-        measure(&format!("trace {}", trace.display()), &modes, &config, &trace_factory, args.rounds)
-            .map_err(|e| e.to_string())?,
-    );
-    let random = scenario(
-        "uniform-random",
-        vec![("size", "16G".to_string()), ("accesses", args.accesses.to_string())],
-    );
-    results.push(
-        measure("uniform-random size=16G", &modes, &config, &random, args.rounds)
-            .map_err(|e| e.to_string())?,
-    );
-    let storm = scenario("fork-storm", vec![("forks", args.forks.to_string())]);
-    results.push(measure("fork-storm", &modes, &config, &storm, args.rounds).map_err(|e| e.to_string())?);
+    let cases: [(String, Box<WorkloadFactory<'_>>); 4] = [
+        (format!("trace {}", trace.display()), Box::new(trace_factory)),
+        ("uniform-random size=16G populate=yes (TLB misses)".to_string(), Box::new(random("yes"))),
+        ("uniform-random size=16G (first touches)".to_string(), Box::new(random("no"))),
+        ("fork-storm".to_string(), Box::new(scenario("fork-storm", vec![("forks", args.forks.to_string())]))),
+    ];
+    let terminal = std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    for (name, factory) in &cases {
+        if terminal {
+            eprint!("\rmeasuring {name} ...\x1b[K");
+        }
+        results.push(measure(name, &modes, &config, factory, args.rounds).map_err(|e| e.to_string())?);
+    }
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?);
         return Ok(());

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::addr::{Gva, PageSize};
+use crate::addr::{Gva, PageSize, PAGE_BYTES};
 use crate::guest::{Prot, Region};
 use crate::paging::AccessKind;
 use crate::workload::programs;
@@ -88,14 +88,14 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
     ScenarioSpec {
         name: "uniform-random",
         description: "uniformly random 8-byte reads and writes over a large buffer: TLB-miss heavy",
-        params: &[("size", "1G"), ("accesses", "1000000"), ("write-percent", "50")],
+        params: &[("size", "1G"), ("accesses", "1000000"), ("write-percent", "50"), ("populate", "no")],
         build: build_uniform_random,
     },
     ScenarioSpec {
         name: "pointer-chase",
         description:
             "dependent loads following a random cycle through a buffer: every load a likely TLB miss",
-        params: &[("size", "256M"), ("accesses", "1000000")],
+        params: &[("size", "256M"), ("accesses", "1000000"), ("populate", "no")],
         build: build_pointer_chase,
     },
 ];
@@ -146,6 +146,15 @@ impl ParamReader {
         Ok(value)
     }
 
+    /// `yes` or `no`.
+    fn flag(&mut self, key: &str) -> Result<bool, WorkloadError> {
+        match self.raw(key).as_str() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            text => Err(self.error(format!("{key}={text}: expected yes or no"))),
+        }
+    }
+
     fn finish(self) -> Result<(), WorkloadError> {
         if let Some(key) = self.given.keys().next() {
             let known: Vec<&str> = self.spec.params.iter().map(|(name, _)| *name).collect();
@@ -190,13 +199,17 @@ enum Pattern {
 /// One process, one buffer, a stream of accesses into it.
 struct BufferScenario {
     prelude: VecDeque<Op>,
+    /// While populating: the offset of the next page to write before measuring starts.
+    populating: Option<u64>,
     size: u64,
     remaining: u64,
     pattern: Pattern,
 }
 
 impl BufferScenario {
-    fn new(size: u64, accesses: u64, pattern: Pattern, context: &ScenarioContext) -> Self {
+    /// With `populate`, every page of the buffer is written once first, as a program
+    /// initialises its data, and the counters start with the pattern's accesses.
+    fn new(size: u64, accesses: u64, pattern: Pattern, context: &ScenarioContext, populate: bool) -> Self {
         let region = Region {
             start: Gva::new_truncate(BUFFER_BASE),
             len: size.div_ceil(4096) * 4096,
@@ -205,7 +218,23 @@ impl BufferScenario {
             page_size: context.page_size,
         };
         let prelude = VecDeque::from([Op::Spawn { pid: PID, anywhere: false }, Op::Map { pid: PID, region }]);
-        Self { prelude, size, remaining: accesses, pattern }
+        Self { prelude, populating: populate.then_some(0), size, remaining: accesses, pattern }
+    }
+
+    /// The next set-up write, then the mark that ends the set-up.
+    fn populate(&mut self, offset: u64) -> Op {
+        if offset < self.size {
+            self.populating = Some(offset + PAGE_BYTES);
+            Op::Access {
+                pid: PID,
+                va: Gva::new_truncate(BUFFER_BASE + offset),
+                kind: AccessKind::Write,
+                size: 8,
+            }
+        } else {
+            self.populating = None;
+            Op::StartMeasuring
+        }
     }
 }
 
@@ -213,6 +242,9 @@ impl Workload for BufferScenario {
     fn next_op(&mut self) -> Result<Option<Op>, WorkloadError> {
         if let Some(op) = self.prelude.pop_front() {
             return Ok(Some(op));
+        }
+        if let Some(offset) = self.populating {
+            return Ok(Some(self.populate(offset)));
         }
         if self.remaining == 0 {
             return Ok(None);
@@ -330,7 +362,7 @@ fn build_seq_scan(
     let passes = params.size("passes", 1)?;
     let per_pass = size.div_ceil(stride);
     let pattern = Pattern::Sequential { offset: 0, stride };
-    Ok(Box::new(BufferScenario::new(size, per_pass.saturating_mul(passes), pattern, context)))
+    Ok(Box::new(BufferScenario::new(size, per_pass.saturating_mul(passes), pattern, context, false)))
 }
 
 fn build_uniform_random(
@@ -343,8 +375,9 @@ fn build_uniform_random(
     if write_percent > 100 {
         return Err(params.error(format!("write-percent={write_percent}: must be 0 to 100")));
     }
+    let populate = params.flag("populate")?;
     let pattern = Pattern::Random { rng: Rng::new(context.seed), write_percent };
-    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context)))
+    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context, populate)))
 }
 
 fn build_pointer_chase(
@@ -356,8 +389,9 @@ fn build_pointer_chase(
     let elements = size / 64;
     let mask = elements.next_power_of_two() - 1;
     let start = Rng::new(context.seed).below(elements);
+    let populate = params.flag("populate")?;
     let pattern = Pattern::Chase { index: start, mask, elements };
-    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context)))
+    Ok(Box::new(BufferScenario::new(size, accesses, pattern, context, populate)))
 }
 
 #[cfg(test)]
@@ -404,6 +438,40 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), 3072);
         assert!(seen.iter().all(|offset| offset % 64 == 0 && *offset < 192 * 1024));
+    }
+
+    #[test]
+    fn populating_writes_every_page_once_before_measuring_starts() {
+        let plain = offsets("uniform-random", &[("size", "10k"), ("accesses", "3")]);
+        let params: Params = [("size", "10k"), ("accesses", "3"), ("populate", "yes")]
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let mut workload = build("uniform-random", &params, &context()).expect("builds");
+        let mut ops = Vec::new();
+        while let Some(op) = workload.next_op().expect("ok") {
+            ops.push(op);
+        }
+        let write = |offset: u64| Op::Access {
+            pid: PID,
+            va: Gva::new_truncate(BUFFER_BASE + offset),
+            kind: AccessKind::Write,
+            size: 8,
+        };
+        // Spawn and map, a write to each of the three pages 10 KiB spans, the mark, then the
+        // same random accesses as without populating.
+        assert_eq!(&ops[2..6], &[write(0), write(4096), write(8192), Op::StartMeasuring]);
+        let after: Vec<u64> = ops[6..]
+            .iter()
+            .map(|op| match op {
+                Op::Access { va, .. } => va.as_u64() - BUFFER_BASE,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(after, plain);
+        let bad: Params = [("populate".to_string(), "maybe".to_string())].into_iter().collect();
+        let error = build("pointer-chase", &bad, &context()).err().expect("rejected");
+        assert!(error.to_string().contains("populate=maybe: expected yes or no"), "{error}");
     }
 
     #[test]
