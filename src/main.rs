@@ -154,9 +154,25 @@ struct BenchArgs {
     /// disturbed by other work on the machine).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// The cases to measure, comma-separated (default: all four).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "trace,misses,first-touches,fork-storm")]
+    cases: Vec<BenchCase>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// What `memvirt bench` can measure.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchCase {
+    /// The real program's trace (`--trace`): TLB-friendly.
+    Trace,
+    /// uniform-random over a populated 16 GiB buffer: a TLB miss per access.
+    Misses,
+    /// uniform-random over a fresh 16 GiB buffer: mostly first touches (page faults).
+    FirstTouches,
+    /// The fork storm: page-table updates.
+    ForkStorm,
 }
 
 #[derive(Args)]
@@ -584,15 +600,23 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         )
     };
     let trace_factory = || open_trace(&trace, 1);
-    let cases: [(String, Box<WorkloadFactory<'_>>); 4] = [
-        (format!("trace {}", trace.display()), Box::new(trace_factory)),
-        ("uniform-random size=16G populate=yes (TLB misses)".to_string(), Box::new(random("yes"))),
-        ("uniform-random size=16G (first touches)".to_string(), Box::new(random("no"))),
-        ("fork-storm".to_string(), Box::new(scenario("fork-storm", vec![("forks", args.forks.to_string())]))),
+    let cases: [(BenchCase, String, Box<WorkloadFactory<'_>>); 4] = [
+        (BenchCase::Trace, format!("trace {}", trace.display()), Box::new(trace_factory)),
+        (
+            BenchCase::Misses,
+            "uniform-random size=16G populate=yes (TLB misses)".to_string(),
+            Box::new(random("yes")),
+        ),
+        (BenchCase::FirstTouches, "uniform-random size=16G (first touches)".to_string(), Box::new(random("no"))),
+        (
+            BenchCase::ForkStorm,
+            "fork-storm".to_string(),
+            Box::new(scenario("fork-storm", vec![("forks", args.forks.to_string())])),
+        ),
     ];
     let terminal = std::io::stderr().is_terminal();
     let mut results = Vec::new();
-    for (name, factory) in &cases {
+    for (_, name, factory) in cases.iter().filter(|(case, ..)| args.cases.contains(case)) {
         if terminal {
             eprint!("\rmeasuring {name} ...\x1b[K");
         }
