@@ -6,6 +6,8 @@
 //! in pairs, find their entries cached already and never pay for it. Nothing a run reports
 //! depends on prefetching.
 
+use std::ops::Range;
+
 use crate::addr::Gva;
 use crate::guest::Pid;
 use crate::memory::Touches;
@@ -25,6 +27,8 @@ pub struct Prefetcher {
     ahead: usize,
     /// Operations of the batch before this index have been prefetched.
     covered: usize,
+    /// Operations before this index have been prefetched as near ones too.
+    near_covered: usize,
     /// The operation that walked last, and how many accesses in a row up to it walked.
     last_walked: usize,
     in_a_row: u32,
@@ -33,37 +37,53 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Prefetching `ahead` accesses at a time (at most [`MOST_AHEAD`]; 0 turns it off).
     pub fn new(ahead: usize) -> Self {
-        Self { ahead: ahead.min(MOST_AHEAD), covered: 0, last_walked: 0, in_a_row: 0 }
+        Self { ahead: ahead.min(MOST_AHEAD), covered: 0, near_covered: 0, last_walked: 0, in_a_row: 0 }
     }
 
     /// A new batch: its operations are numbered from 0 again.
     #[inline]
     pub fn new_batch(&mut self) {
         self.covered = 0;
+        self.near_covered = 0;
         self.in_a_row = 0;
     }
 
     /// Before operation `at` of `ops`, an access, takes the general path: in a run of walks,
     /// prefetches the walks of the next accesses not yet prefetched that `running` (the
-    /// process on the CPU) makes.
+    /// process on the CPU) makes, and as near ones those the call before prefetched.
     #[cold]
     pub fn before<M: Mode>(&mut self, machine: &Machine<M>, running: Option<Pid>, ops: &[Op], at: usize) {
         if !self.due(at) {
             return;
         }
-        let from = self.covered.max(at + 1).min(ops.len());
-        self.covered = (from + self.ahead).min(ops.len());
-        let mut vas = [Gva::new_truncate(0); MOST_AHEAD];
-        let mut count = 0;
-        for op in &ops[from..self.covered] {
-            if let (Op::Access { pid, va, .. }, Some(slot)) = (*op, vas.get_mut(count)) {
-                if Some(pid) == running {
-                    *slot = va;
-                    count += 1;
+        let (near, ahead) = self.next_ranges(at, ops.len());
+        let (mut near_vas, mut ahead_vas) =
+            ([Gva::new_truncate(0); MOST_AHEAD], [Gva::new_truncate(0); MOST_AHEAD]);
+        let running_vas = |range: &[Op], vas: &mut [Gva; MOST_AHEAD]| {
+            let mut count = 0;
+            for op in range {
+                if let (Op::Access { pid, va, .. }, Some(slot)) = (*op, vas.get_mut(count)) {
+                    if Some(pid) == running {
+                        *slot = va;
+                        count += 1;
+                    }
                 }
             }
-        }
-        machine.mode.prefetch(&vas[..count], &machine.vcpu);
+            count
+        };
+        let near_count = running_vas(&ops[near], &mut near_vas);
+        let count = running_vas(&ops[ahead], &mut ahead_vas);
+        machine.mode.prefetch(&ahead_vas[..count], &near_vas[..near_count], &machine.vcpu);
+    }
+
+    /// The operations a prefetch before operation `at` of `len` covers: near ones (prefetched
+    /// ahead by the call before, not yet as near ones) and the next `ahead` not yet covered.
+    fn next_ranges(&mut self, at: usize, len: usize) -> (Range<usize>, Range<usize>) {
+        let from = self.covered.max(at + 1).min(len);
+        let near = self.near_covered.max(at + 1).min(from)..from;
+        self.near_covered = from;
+        self.covered = (from + self.ahead).min(len);
+        (near, from..self.covered)
     }
 
     /// Whether operation `at` starts a prefetch: prefetching is on, the accesses right before
@@ -120,5 +140,20 @@ mod tests {
             off.after(at, true);
         }
         assert!(!off.due(10));
+    }
+
+    #[test]
+    fn near_accesses_are_those_the_call_before_prefetched_ahead() {
+        let mut p = Prefetcher::new(16);
+        // The first prefetch of a batch has nothing near yet.
+        assert_eq!(p.next_ranges(4, 1024), (5..5, 5..21));
+        // Eight later: the rest of what the first covered is near; the next 16 are ahead.
+        assert_eq!(p.next_ranges(13, 1024), (14..21, 21..37));
+        // A prefetch that finds the covered ones already passed starts from the access after.
+        assert_eq!(p.next_ranges(40, 1024), (41..41, 41..57));
+        // Near the end of the batch, what is ahead stops at its last operation.
+        assert_eq!(p.next_ranges(1020, 1024), (1021..1021, 1021..1024));
+        p.new_batch();
+        assert_eq!(p.next_ranges(0, 10), (1..1, 1..10));
     }
 }

@@ -19,18 +19,27 @@ pub use native::Native;
 pub use nested::{Ept, Nested, Npt};
 pub use shadow::{Shadow, ShadowConfig};
 
-/// Where in host memory a walk of the guest's own tables for `va` ends (the guest's last
-/// entry), found for [`Mode::prefetch`] by reading the entries above it without side effects;
-/// `host_of` tells where a guest-physical address lives in `memory`, if it can say.
+/// Where a walk of the guest's own tables for `va` ends (the guest-physical address of the
+/// guest's last entry), found for [`Mode::prefetch`] by reading the entries above it without
+/// side effects; `host_of` tells where a guest-physical address lives in `memory`, if it can.
+fn guest_last_entry(
+    memory: &PhysMemory,
+    host_of: impl Fn(Gpa) -> Option<Hpa>,
+    vcpu: &Vcpu,
+    va: Gva,
+) -> Option<Gpa> {
+    let read = |gpa| host_of(gpa).map(|hpa| memory.read_u64(hpa));
+    builder::last_entry(read, EntryFormat::X86, vcpu.cr3.root, vcpu.cpu.levels, va.as_u64())
+}
+
+/// Where in host memory the guest's last entry for `va` lies (see [`guest_last_entry`]).
 fn guest_walk_end(
     memory: &PhysMemory,
     host_of: impl Fn(Gpa) -> Option<Hpa>,
     vcpu: &Vcpu,
     va: Gva,
 ) -> Option<Hpa> {
-    let read = |gpa| host_of(gpa).map(|hpa| memory.read_u64(hpa));
-    builder::last_entry(read, EntryFormat::X86, vcpu.cr3.root, vcpu.cpu.levels, va.as_u64())
-        .and_then(&host_of)
+    guest_last_entry(memory, &host_of, vcpu, va).and_then(&host_of)
 }
 
 /// One design of memory virtualization (or none).
@@ -61,8 +70,11 @@ pub trait Mode {
     /// Outside the model, for the simulator's speed alone: finds, reading without side
     /// effects, the last entries that walks of `vas` will read (the ones likely to miss the
     /// host's caches: upper levels are shared by many walks) and touches them together, so
-    /// their misses overlap instead of stalling one walk each. Nothing a run reports changes.
-    fn prefetch(&self, _vas: &[Gva], _vcpu: &Vcpu) {}
+    /// their misses overlap instead of stalling one walk each. `near` are accesses right ahead
+    /// whose walks the call before prefetched, for entries that can only be found once those
+    /// are cached (under nested paging, the nested entry of the page the guest's entry names).
+    /// Nothing a run reports changes.
+    fn prefetch(&self, _vas: &[Gva], _near: &[Gva], _vcpu: &Vcpu) {}
 
     /// The host this guest runs on as a VM (`None` on bare metal). The reference
     /// composition, memory accounting and isolation checks below come from it.

@@ -14,11 +14,11 @@ use crate::ept::NestedAccess;
 use crate::host::{BackingError, FrameMemo, GuestMemory, Host, VmmTables};
 use crate::memory::{OutOfFrames, Touches};
 use crate::paging::builder::{self, InstallError};
-use crate::paging::{walk, Access, AdPolicy, WalkOutcome};
+use crate::paging::{walk, Access, AdPolicy, Pte, WalkOutcome};
 use crate::sim::explain::Explanation;
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
-use crate::vmm::{guest_walk_end, Mode};
+use crate::vmm::{guest_last_entry, guest_walk_end, Mode};
 
 pub use format::{Ept, NestedFault, NestedFormat, Npt};
 pub use guest_view::{GuestView, NestedExit};
@@ -26,10 +26,11 @@ pub use guest_view::{GuestView, NestedExit};
 /// How many nested exits one translation may take before the VMM gives up on it.
 const MAX_EXITS_PER_WALK: u32 = 8;
 
-/// Entries of the memo of where the guest kernel's own accesses land: enough for the page-table
-/// frames of tens of gigabytes of guest memory touched at random (one per 2 MiB), which the
-/// kernel's fault handler and the simulator's prefetching read over and over.
-const KERNEL_PAGES: usize = 16384;
+/// Entries of the memo of where the guest kernel's own accesses land, which the kernel's fault
+/// handler and the simulator's prefetching read over and over: four times the page-table
+/// frames of 32 GiB of guest memory touched at random (one per 2 MiB), so that nearly all of
+/// those of a smaller guest find a slot of their own.
+const KERNEL_PAGES: usize = 65536;
 
 /// A VM under nested paging.
 pub struct Nested<F> {
@@ -163,17 +164,39 @@ impl<F: NestedFormat> Mode for Nested<F> {
         self.format.name()
     }
 
-    fn prefetch(&self, vas: &[Gva], vcpu: &Vcpu) {
-        // The guest's tables, each entry's GPA found where the guest kernel's accesses found
-        // it or else through the nested table (whose entries for guest page-table frames, few
-        // and packed, stay in the host's caches).
+    fn prefetch(&self, vas: &[Gva], near: &[Gva], vcpu: &Vcpu) {
+        // Ahead: the guest's last entry, its table's host page found where the guest kernel's
+        // accesses found it (or else through the nested table), and the nested table's last
+        // entry for that table's frame, which the two-dimensional walk reads just before it.
+        // Near, with the guest's entries cached by now: the nested table's last entry for the
+        // page the guest's entry maps, the walk's final reference.
+        let memory = &self.host.memory;
         let host_of =
             |gpa: Gpa| self.kernel_pages.get(gpa).map(|(hpa, ())| hpa).or_else(|| self.peek_nested(gpa));
+        let nested_end = |gpa: Gpa| {
+            let read = |hpa| Some(memory.read_u64(hpa));
+            builder::last_entry(
+                read,
+                self.format.entry_format(),
+                self.root,
+                self.format.levels(),
+                gpa.as_u64(),
+            )
+        };
         let mut touches = Touches::new();
         for &va in vas {
-            touches.push(guest_walk_end(&self.host.memory, host_of, vcpu, va));
+            if let Some(entry) = guest_last_entry(memory, host_of, vcpu, va) {
+                touches.push(host_of(entry));
+                touches.push(nested_end(entry));
+            }
         }
-        self.host.memory.touch(&touches);
+        for &va in near {
+            let leaf = guest_walk_end(memory, host_of, vcpu, va).map(|hpa| memory.read_u64(hpa));
+            if let Some(leaf) = leaf.filter(|leaf| leaf & Pte::PRESENT != 0) {
+                touches.push(nested_end(Gpa::new(leaf & Pte::ADDRESS_MASK)));
+            }
+        }
+        memory.touch(&touches);
     }
 
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64 {
