@@ -607,7 +607,11 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
             "uniform-random size=16G populate=yes (TLB misses)".to_string(),
             Box::new(random("yes")),
         ),
-        (BenchCase::FirstTouches, "uniform-random size=16G (first touches)".to_string(), Box::new(random("no"))),
+        (
+            BenchCase::FirstTouches,
+            "uniform-random size=16G (first touches)".to_string(),
+            Box::new(random("no")),
+        ),
         (
             BenchCase::ForkStorm,
             "fork-storm".to_string(),
