@@ -2,11 +2,13 @@
 //! of its page) on the same accesses. `memvirt bench` reports the same measurements as
 //! ratios for users; this is the developer's view with criterion's statistics.
 
-use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::Duration;
+
+use criterion::{criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use memvirt::addr::PageSize;
-use memvirt::sim::bench::floor;
+use memvirt::sim::bench::{floor, timed_run};
 use memvirt::sim::compare::WorkloadFactory;
-use memvirt::sim::{run, ModeName, SimConfig};
+use memvirt::sim::{ModeName, SimConfig};
 use memvirt::workload::open::{convert, open_trace};
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
 use memvirt::workload::{Workload, WorkloadError};
@@ -30,9 +32,16 @@ fn real_trace(compact: &std::path::Path) -> Box<WorkloadFactory<'_>> {
 
 fn throughput(c: &mut Criterion) {
     let compact = std::env::temp_dir().join(format!("memvirt-bench-{}.mvt", std::process::id()));
-    let cases: [(&str, Box<WorkloadFactory<'_>>); 4] = [
+    let cases: [(&str, Box<WorkloadFactory<'_>>); 5] = [
         ("real-trace-compact", real_trace(&compact)),
         ("seq-scan", Box::new(scenario("seq-scan", &[("size", "16M"), ("passes", "4")]))),
+        (
+            "uniform-random-16G-populated",
+            Box::new(scenario(
+                "uniform-random",
+                &[("size", "16G"), ("accesses", "1000000"), ("populate", "yes")],
+            )),
+        ),
         (
             "uniform-random-16G",
             Box::new(scenario("uniform-random", &[("size", "16G"), ("accesses", "200000")])),
@@ -40,17 +49,22 @@ fn throughput(c: &mut Criterion) {
         ("fork-storm", Box::new(scenario("fork-storm", &[("forks", "30")]))),
     ];
     let config = SimConfig::default();
+    // Each iteration is timed from the end of the workload's set-up (populating a buffer), as
+    // `memvirt bench` times it; flat sampling keeps runs whose set-up takes seconds few.
+    let seconds =
+        |iters: u64, one: &dyn Fn() -> f64| Duration::from_secs_f64((0..iters).map(|_| one()).sum());
     for (name, factory) in &cases {
         let mut group = c.benchmark_group(*name);
-        group.sample_size(10);
+        group.sample_size(10).sampling_mode(SamplingMode::Flat);
         let accesses = floor(factory).map(|(n, _)| n).unwrap_or(1);
         group.throughput(Throughput::Elements(accesses));
-        group.bench_function("floor", |b| b.iter(|| floor(factory).map(|(n, _)| n).unwrap_or(0)));
+        group.bench_function("floor", |b| {
+            b.iter_custom(|iters| seconds(iters, &|| floor(factory).map(|(_, s)| s).unwrap_or(0.0)));
+        });
         for mode in [ModeName::Native, ModeName::Shadow, ModeName::Ept, ModeName::Npt] {
             group.bench_with_input(BenchmarkId::from_parameter(mode), &mode, |b, &mode| {
-                b.iter(|| {
-                    let mut workload = factory().expect("scenario");
-                    run(mode, &config, workload.as_mut()).map(|r| r.stats.accesses).unwrap_or(0)
+                b.iter_custom(|iters| {
+                    seconds(iters, &|| timed_run(mode, &config, factory).map(|(_, s)| s).unwrap_or(0.0))
                 });
             });
         }
