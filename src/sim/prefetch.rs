@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use crate::addr::Gva;
+use crate::addr::{Gva, Hpa};
 use crate::guest::Pid;
 use crate::memory::Touches;
 use crate::sim::machine::Machine;
@@ -21,6 +21,10 @@ const AFTER_WALKS: u32 = 4;
 /// The most upcoming accesses one prefetch covers (shadow paging touches two entries each).
 pub const MOST_AHEAD: usize = Touches::MOST / 2;
 
+/// Slots for what was found ahead: the near operations and those ahead of them span at most
+/// two prefetches' worth.
+const FOUND_RING: usize = 2 * MOST_AHEAD;
+
 /// When to prefetch, within one batch of operations at a time.
 pub struct Prefetcher {
     /// Accesses covered by one prefetch (0: never prefetch).
@@ -29,6 +33,9 @@ pub struct Prefetcher {
     covered: usize,
     /// Operations before this index have been prefetched as near ones too.
     near_covered: usize,
+    /// What the mode found ahead for each operation, by index mod [`FOUND_RING`], handed back
+    /// when the operation comes near.
+    found: [Option<Hpa>; FOUND_RING],
     /// The operation that walked last, and how many accesses in a row up to it walked.
     last_walked: usize,
     in_a_row: u32,
@@ -37,7 +44,14 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Prefetching `ahead` accesses at a time (at most [`MOST_AHEAD`]; 0 turns it off).
     pub fn new(ahead: usize) -> Self {
-        Self { ahead: ahead.min(MOST_AHEAD), covered: 0, near_covered: 0, last_walked: 0, in_a_row: 0 }
+        Self {
+            ahead: ahead.min(MOST_AHEAD),
+            covered: 0,
+            near_covered: 0,
+            found: [None; FOUND_RING],
+            last_walked: 0,
+            in_a_row: 0,
+        }
     }
 
     /// A new batch: its operations are numbered from 0 again.
@@ -56,24 +70,46 @@ impl Prefetcher {
         if !self.due(at) {
             return;
         }
-        let (near, ahead) = self.next_ranges(at, ops.len());
-        let (mut near_vas, mut ahead_vas) =
-            ([Gva::new_truncate(0); MOST_AHEAD], [Gva::new_truncate(0); MOST_AHEAD]);
-        let running_vas = |range: &[Op], vas: &mut [Gva; MOST_AHEAD]| {
-            let mut count = 0;
-            for op in range {
-                if let (Op::Access { pid, va, .. }, Some(slot)) = (*op, vas.get_mut(count)) {
-                    if Some(pid) == running {
-                        *slot = va;
-                        count += 1;
-                    }
+        let (near_range, ahead_range) = self.next_ranges(at, ops.len());
+        let (near, near_count) = self.found_for(near_range);
+        let mut vas = [Gva::new_truncate(0); MOST_AHEAD];
+        let mut indexes = [0; MOST_AHEAD];
+        let mut count = 0;
+        for index in ahead_range.clone() {
+            if let (Op::Access { pid, va, .. }, Some(slot)) = (ops[index], vas.get_mut(count)) {
+                if Some(pid) == running {
+                    (*slot, indexes[count]) = (va, index);
+                    count += 1;
                 }
             }
-            count
-        };
-        let near_count = running_vas(&ops[near], &mut near_vas);
-        let count = running_vas(&ops[ahead], &mut ahead_vas);
-        machine.mode.prefetch(&ahead_vas[..count], &near_vas[..near_count], &machine.vcpu);
+        }
+        let mut found = [None; MOST_AHEAD];
+        machine.mode.prefetch(&vas[..count], &mut found[..count], &near[..near_count], &machine.vcpu);
+        self.keep_found(ahead_range, &indexes[..count], &found[..count]);
+    }
+
+    /// What the mode found ahead for the operations of `range`, in order.
+    fn found_for(&self, range: Range<usize>) -> ([Hpa; MOST_AHEAD], usize) {
+        let mut near = [Hpa::new(0); MOST_AHEAD];
+        let mut count = 0;
+        for index in range {
+            if let (Some(found), Some(slot)) = (self.found[index % FOUND_RING], near.get_mut(count)) {
+                *slot = found;
+                count += 1;
+            }
+        }
+        (near, count)
+    }
+
+    /// Keeps what the mode found for operations `indexes` of `range` (and nothing for the
+    /// rest of it).
+    fn keep_found(&mut self, range: Range<usize>, indexes: &[usize], found: &[Option<Hpa>]) {
+        for index in range {
+            self.found[index % FOUND_RING] = None;
+        }
+        for (&index, &found) in indexes.iter().zip(found) {
+            self.found[index % FOUND_RING] = found;
+        }
     }
 
     /// The operations a prefetch before operation `at` of `len` covers: near ones (prefetched
@@ -155,5 +191,25 @@ mod tests {
         assert_eq!(p.next_ranges(1020, 1024), (1021..1021, 1021..1024));
         p.new_batch();
         assert_eq!(p.next_ranges(0, 10), (1..1, 1..10));
+    }
+
+    #[test]
+    fn what_was_found_ahead_comes_back_when_near() {
+        let mut p = Prefetcher::new(16);
+        let hpa = |n: u64| Hpa::new(n << 12);
+        let (near, ahead) = p.next_ranges(4, 1024);
+        assert_eq!(p.found_for(near).1, 0);
+        // Operations 6 and 9 of the 16 ahead were accesses the mode found something for.
+        p.keep_found(ahead, &[6, 9, 12], &[Some(hpa(6)), Some(hpa(9)), None]);
+        let (near, ahead) = p.next_ranges(7, 1024);
+        assert_eq!(near, 8..21);
+        // 6 has gone by; 9 is near.
+        let (found, count) = p.found_for(near);
+        assert_eq!(&found[..count], &[hpa(9)]);
+        // Near ones are always ones the call before kept something or nothing for.
+        p.keep_found(ahead, &[], &[]);
+        let (near, _) = p.next_ranges(20, 1024);
+        assert_eq!(near, 21..37);
+        assert_eq!(p.found_for(near).1, 0);
     }
 }

@@ -70,11 +70,12 @@ pub trait Mode {
     /// Outside the model, for the simulator's speed alone: finds, reading without side
     /// effects, the last entries that walks of `vas` will read (the ones likely to miss the
     /// host's caches: upper levels are shared by many walks) and touches them together, so
-    /// their misses overlap instead of stalling one walk each. `near` are accesses right ahead
-    /// whose walks the call before prefetched, for entries that can only be found once those
-    /// are cached (under nested paging, the nested entry of the page the guest's entry names).
+    /// their misses overlap instead of stalling one walk each. A mode that needs a second
+    /// stage, for entries it can only find once those are cached (under nested paging, the
+    /// nested entry of the page the guest's entry maps), puts in `found[i]` what it needs for
+    /// `vas[i]`; the next call hands those of the accesses now right ahead back in `near`.
     /// Nothing a run reports changes.
-    fn prefetch(&self, _vas: &[Gva], _near: &[Gva], _vcpu: &Vcpu) {}
+    fn prefetch(&self, _vas: &[Gva], _found: &mut [Option<Hpa>], _near: &[Hpa], _vcpu: &Vcpu) {}
 
     /// The host this guest runs on as a VM (`None` on bare metal). The reference
     /// composition, memory accounting and isolation checks below come from it.

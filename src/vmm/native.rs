@@ -38,7 +38,7 @@ impl Mode for Native {
         "native"
     }
 
-    fn prefetch(&self, vas: &[Gva], _near: &[Gva], vcpu: &Vcpu) {
+    fn prefetch(&self, vas: &[Gva], _found: &mut [Option<Hpa>], _near: &[Hpa], vcpu: &Vcpu) {
         let mut touches = Touches::new();
         for &va in vas {
             touches.push(guest_walk_end(&self.memory, |gpa| Some(Self::host(gpa)), vcpu, va));

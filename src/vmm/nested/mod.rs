@@ -18,7 +18,7 @@ use crate::paging::{walk, Access, AdPolicy, Pte, WalkOutcome};
 use crate::sim::explain::Explanation;
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Mapping, Resolved, Vcpu};
-use crate::vmm::{guest_last_entry, guest_walk_end, Mode};
+use crate::vmm::{guest_last_entry, Mode};
 
 pub use format::{Ept, NestedFault, NestedFormat, Npt};
 pub use guest_view::{GuestView, NestedExit};
@@ -164,7 +164,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
         self.format.name()
     }
 
-    fn prefetch(&self, vas: &[Gva], near: &[Gva], vcpu: &Vcpu) {
+    fn prefetch(&self, vas: &[Gva], found: &mut [Option<Hpa>], near: &[Hpa], vcpu: &Vcpu) {
         // Ahead: the guest's last entry, its table's host page found where the guest kernel's
         // accesses found it (or else through the nested table), and the nested table's last
         // entry for that table's frame, which the two-dimensional walk reads just before it.
@@ -184,15 +184,16 @@ impl<F: NestedFormat> Mode for Nested<F> {
             )
         };
         let mut touches = Touches::new();
-        for &va in vas {
+        for (&va, found) in vas.iter().zip(found) {
             if let Some(entry) = guest_last_entry(memory, host_of, vcpu, va) {
-                touches.push(host_of(entry));
+                *found = host_of(entry);
+                touches.push(*found);
                 touches.push(nested_end(entry));
             }
         }
-        for &va in near {
-            let leaf = guest_walk_end(memory, host_of, vcpu, va).map(|hpa| memory.read_u64(hpa));
-            if let Some(leaf) = leaf.filter(|leaf| leaf & Pte::PRESENT != 0) {
+        for &guest_entry in near {
+            let leaf = memory.read_u64(guest_entry);
+            if leaf & Pte::PRESENT != 0 {
                 touches.push(nested_end(Gpa::new(leaf & Pte::ADDRESS_MASK)));
             }
         }

@@ -597,7 +597,7 @@ impl Mode for Shadow {
         "shadow"
     }
 
-    fn prefetch(&self, vas: &[Gva], _near: &[Gva], vcpu: &Vcpu) {
+    fn prefetch(&self, vas: &[Gva], _found: &mut [Option<Hpa>], _near: &[Hpa], vcpu: &Vcpu) {
         // The shadow walk's last entry; and, while walks end in page-fault exits, the guest's,
         // which the VMM reads to fill it. Over tables already filled, reaching the guest's
         // entries (through the host's tables) would cost more than the walks it serves.
