@@ -74,13 +74,15 @@ pub struct Gups {
     updates: u64,
     page_size: PageSize,
     started: bool,
+    /// The offset of the next page to initialise, until the table is initialised.
+    initialising: Option<u64>,
 }
 
 impl Gups {
     /// Random updates over a `size`-byte table; the table is first initialised (one write per
     /// page) and the counters start with the update phase.
     pub fn new(seed: u64, size: u64, updates: u64, page_size: PageSize) -> Self {
-        Self { rng: Rng::new(seed), size, updates, page_size, started: false }
+        Self { rng: Rng::new(seed), size, updates, page_size, started: false, initialising: Some(0) }
     }
 
     fn step(&mut self, queue: &mut VecDeque<Op>) -> bool {
@@ -91,8 +93,16 @@ impl Gups {
                 pid: 1,
                 region: region(HEAP_BASE, self.size, Prot::RW, self.page_size),
             });
-            touch(queue, 1, HEAP_BASE, self.size, AccessKind::Write);
-            queue.push_back(Op::StartMeasuring);
+            return true;
+        }
+        // A batch of the initialising writes at a time: a table of gigabytes has millions.
+        if let Some(offset) = self.initialising {
+            let end = self.size.min(offset + 1024 * PAGE_BYTES);
+            touch(queue, 1, HEAP_BASE + offset, end - offset, AccessKind::Write);
+            self.initialising = (end < self.size).then_some(end);
+            if self.initialising.is_none() {
+                queue.push_back(Op::StartMeasuring);
+            }
             return true;
         }
         if self.updates == 0 {
@@ -438,4 +448,28 @@ impl Default for Hostile {
 /// The hostile guest's step.
 pub fn hostile_step(s: &mut Hostile, q: &mut VecDeque<Op>) -> bool {
     s.step(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gups_initialises_every_page_in_order_a_bounded_batch_at_a_time() {
+        let pages = 3000;
+        let mut gups = Gups::new(1, pages * PAGE_BYTES, 5, PageSize::Size4K);
+        let mut ops = Vec::new();
+        let mut queue = VecDeque::new();
+        while steps::gups(&mut gups, &mut queue) {
+            assert!(queue.len() <= 1025, "one step queued {} operations", queue.len());
+            ops.extend(queue.drain(..));
+        }
+        assert!(matches!(ops[..2], [Op::Spawn { pid: 1, .. }, Op::Map { pid: 1, .. }]));
+        let writes: Vec<Op> =
+            (0..pages).map(|page| access(1, HEAP_BASE + page * PAGE_BYTES, AccessKind::Write)).collect();
+        let mark = 2 + writes.len();
+        assert_eq!(&ops[2..mark], &writes[..]);
+        assert_eq!(ops[mark], Op::StartMeasuring);
+        assert_eq!(ops.len(), mark + 1 + 5);
+    }
 }
