@@ -58,8 +58,9 @@ enum Command {
     /// Turn a lackey text trace (plain, gzip or zstd) into the compact trace format.
     Convert(ConvertArgs),
     /// Measure simulation speed: accesses per second per mode on a real trace (TLB-friendly),
-    /// uniform-random over a 16 GiB buffer (miss-heavy) and the fork storm (table-update
-    /// heavy), each against a floor loop measured in the same run.
+    /// uniform-random over a populated 16 GiB buffer (TLB misses) and over a fresh one (first
+    /// touches), and the fork storm (table-update heavy), each against a floor loop measured
+    /// in the same run.
     Bench(BenchArgs),
 }
 

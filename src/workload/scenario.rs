@@ -87,7 +87,7 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
     },
     ScenarioSpec {
         name: "uniform-random",
-        description: "uniformly random 8-byte reads and writes over a large buffer: TLB-miss heavy",
+        description: "uniformly random 8-byte reads and writes over a large buffer: TLB-miss heavy (populate=yes: every page faulted in first, uncounted)",
         params: &[("size", "1G"), ("accesses", "1000000"), ("write-percent", "50"), ("populate", "no")],
         build: build_uniform_random,
     },
