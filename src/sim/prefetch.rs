@@ -1,10 +1,11 @@
-//! Prefetching walks, for the simulator's own speed: a program touching memory it has not
-//! used before makes walk after walk whose last entries (spread over many page-table frames)
-//! miss the host's caches, one stall per walk. Once walks come in a run, the run loop asks the
-//! mode to touch the last entries of the next accesses' walks together (see
-//! [`Mode::prefetch`]), so their misses overlap. A TLB-friendly program's few walks, alone or
-//! in pairs, find their entries cached already and never pay for it. Nothing a run reports
-//! depends on prefetching.
+//! Prefetching walks, for the simulator's own speed: a program touching memory at random makes
+//! walk after walk whose last entries (spread over many page-table frames) miss the host's
+//! caches, one stall per walk. Once walks come in a run, the run loop asks the mode to touch
+//! the last entries of the next accesses' walks together (see [`Mode::prefetch`]), so their
+//! misses overlap; one prefetch later, when those accesses are near, it hands back what the
+//! mode found for them, for entries that can only be found once the first ones are cached.
+//! A TLB-friendly program's few walks, alone or in pairs, find their entries cached already
+//! and never pay for it. Nothing a run reports depends on prefetching.
 
 use std::ops::Range;
 
