@@ -65,6 +65,35 @@ fn touch(queue: &mut VecDeque<Op>, pid: Pid, start: u64, len: u64, kind: AccessK
     }
 }
 
+/// A program initialising its data before the part a study measures: one write to each
+/// 4 KiB page of `[start, start + len)` in order, then the `StartMeasuring` mark.
+pub struct Populate {
+    pid: Pid,
+    start: u64,
+    len: u64,
+    /// The offset of the next page to write; `None` once the mark has been given.
+    next: Option<u64>,
+}
+
+impl Populate {
+    /// The set-up of `pid`'s buffer at `start`, `len` bytes long.
+    pub fn new(pid: Pid, start: u64, len: u64) -> Self {
+        Self { pid, start, len, next: Some(0) }
+    }
+
+    /// The set-up's next operation; `None` after the mark.
+    pub fn next_op(&mut self) -> Option<Op> {
+        let offset = self.next?;
+        if offset < self.len {
+            self.next = Some(offset + PAGE_BYTES);
+            Some(access(self.pid, self.start + offset, AccessKind::Write))
+        } else {
+            self.next = None;
+            Some(Op::StartMeasuring)
+        }
+    }
+}
+
 // ---- gups --------------------------------------------------------------------------------
 
 /// GUPS state.
@@ -74,15 +103,15 @@ pub struct Gups {
     updates: u64,
     page_size: PageSize,
     started: bool,
-    /// The offset of the next page to initialise, until the table is initialised.
-    initialising: Option<u64>,
+    initialising: Populate,
 }
 
 impl Gups {
     /// Random updates over a `size`-byte table; the table is first initialised (one write per
     /// page) and the counters start with the update phase.
     pub fn new(seed: u64, size: u64, updates: u64, page_size: PageSize) -> Self {
-        Self { rng: Rng::new(seed), size, updates, page_size, started: false, initialising: Some(0) }
+        let initialising = Populate::new(1, HEAP_BASE, size);
+        Self { rng: Rng::new(seed), size, updates, page_size, started: false, initialising }
     }
 
     fn step(&mut self, queue: &mut VecDeque<Op>) -> bool {
@@ -96,13 +125,9 @@ impl Gups {
             return true;
         }
         // A batch of the initialising writes at a time: a table of gigabytes has millions.
-        if let Some(offset) = self.initialising {
-            let end = self.size.min(offset + 1024 * PAGE_BYTES);
-            touch(queue, 1, HEAP_BASE + offset, end - offset, AccessKind::Write);
-            self.initialising = (end < self.size).then_some(end);
-            if self.initialising.is_none() {
-                queue.push_back(Op::StartMeasuring);
-            }
+        let before = queue.len();
+        queue.extend(std::iter::from_fn(|| self.initialising.next_op()).take(1024));
+        if queue.len() > before {
             return true;
         }
         if self.updates == 0 {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::addr::{Gva, PageSize, PAGE_BYTES};
+use crate::addr::{Gva, PageSize};
 use crate::guest::{Prot, Region};
 use crate::paging::AccessKind;
 use crate::workload::programs;
@@ -199,8 +199,8 @@ enum Pattern {
 /// One process, one buffer, a stream of accesses into it.
 struct BufferScenario {
     prelude: VecDeque<Op>,
-    /// While populating: the offset of the next page to write before measuring starts.
-    populating: Option<u64>,
+    /// The writes before measuring starts, with `populate`.
+    populating: Option<programs::Populate>,
     size: u64,
     remaining: u64,
     pattern: Pattern,
@@ -218,23 +218,8 @@ impl BufferScenario {
             page_size: context.page_size,
         };
         let prelude = VecDeque::from([Op::Spawn { pid: PID, anywhere: false }, Op::Map { pid: PID, region }]);
-        Self { prelude, populating: populate.then_some(0), size, remaining: accesses, pattern }
-    }
-
-    /// The next set-up write, then the mark that ends the set-up.
-    fn populate(&mut self, offset: u64) -> Op {
-        if offset < self.size {
-            self.populating = Some(offset + PAGE_BYTES);
-            Op::Access {
-                pid: PID,
-                va: Gva::new_truncate(BUFFER_BASE + offset),
-                kind: AccessKind::Write,
-                size: 8,
-            }
-        } else {
-            self.populating = None;
-            Op::StartMeasuring
-        }
+        let populating = populate.then(|| programs::Populate::new(PID, BUFFER_BASE, size));
+        Self { prelude, populating, size, remaining: accesses, pattern }
     }
 }
 
@@ -243,8 +228,8 @@ impl Workload for BufferScenario {
         if let Some(op) = self.prelude.pop_front() {
             return Ok(Some(op));
         }
-        if let Some(offset) = self.populating {
-            return Ok(Some(self.populate(offset)));
+        if let Some(op) = self.populating.as_mut().and_then(programs::Populate::next_op) {
+            return Ok(Some(op));
         }
         if self.remaining == 0 {
             return Ok(None);
@@ -402,9 +387,12 @@ mod tests {
         ScenarioContext { seed: 3, page_size: PageSize::Size4K }
     }
 
-    fn offsets(name: &str, params: &[(&str, &str)]) -> Vec<u64> {
-        let params = params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
-        let mut workload = build(name, &params, &context()).expect("builds");
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    }
+
+    fn offsets(name: &str, pairs: &[(&str, &str)]) -> Vec<u64> {
+        let mut workload = build(name, &params(pairs), &context()).expect("builds");
         let mut out = Vec::new();
         while let Some(op) = workload.next_op().expect("ok") {
             if let Op::Access { va, .. } = op {
@@ -443,11 +431,8 @@ mod tests {
     #[test]
     fn populating_writes_every_page_once_before_measuring_starts() {
         let plain = offsets("uniform-random", &[("size", "10k"), ("accesses", "3")]);
-        let params: Params = [("size", "10k"), ("accesses", "3"), ("populate", "yes")]
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect();
-        let mut workload = build("uniform-random", &params, &context()).expect("builds");
+        let populated = params(&[("size", "10k"), ("accesses", "3"), ("populate", "yes")]);
+        let mut workload = build("uniform-random", &populated, &context()).expect("builds");
         let mut ops = Vec::new();
         while let Some(op) = workload.next_op().expect("ok") {
             ops.push(op);
@@ -469,8 +454,8 @@ mod tests {
             })
             .collect();
         assert_eq!(after, plain);
-        let bad: Params = [("populate".to_string(), "maybe".to_string())].into_iter().collect();
-        let error = build("pointer-chase", &bad, &context()).err().expect("rejected");
+        let error =
+            build("pointer-chase", &params(&[("populate", "maybe")]), &context()).err().expect("rejected");
         assert!(error.to_string().contains("populate=maybe: expected yes or no"), "{error}");
     }
 
@@ -478,8 +463,7 @@ mod tests {
     fn random_is_seeded_and_bad_params_are_named() {
         let a = offsets("uniform-random", &[("accesses", "100")]);
         assert_eq!(a, offsets("uniform-random", &[("accesses", "100")]));
-        let params = [("bogus".to_string(), "1".to_string())].into_iter().collect();
-        let error = build("seq-scan", &params, &context()).err().expect("rejected");
+        let error = build("seq-scan", &params(&[("bogus", "1")]), &context()).err().expect("rejected");
         assert!(error.to_string().contains("unknown parameter 'bogus'"), "{error}");
         assert!(build("nope", &Params::new(), &context()).is_err());
     }
