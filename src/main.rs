@@ -243,13 +243,23 @@ struct MachineArgs {
     /// Page size the host backs guest RAM with: 4k, 2m or 1g (nested mappings follow it).
     #[arg(long, default_value = "4k", value_parser = parse_host_page_size)]
     host_page_size: PageSize,
-    /// Shadow paging: let leaf shadow tables go out of sync (guest PTE writes do not exit;
-    /// the VMM resynchronises at the guest's INVLPG and flushing CR3 loads).
-    #[arg(long)]
+    /// Shadow paging: keep every shadowed guest table write-protected, so each guest PTE
+    /// write exits and is emulated (by default leaf tables go out of sync while the guest
+    /// writes them, and are resynchronised at its INVLPG and flushing CR3 loads, as in KVM).
+    #[arg(long, conflicts_with = "shadow_unsync")]
+    no_shadow_unsync: bool,
+    /// Out-of-sync leaf shadow tables: the default now, so this changes nothing.
+    #[arg(long, hide = true)]
     shadow_unsync: bool,
-    /// Shadow paging: the most shadow pages at once; the oldest are recycled beyond it.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
-    shadow_max_pages: u64,
+    /// Shadow paging: the most shadow pages at once (at least the guest's paging levels);
+    /// beyond it the oldest are recycled. Default: KVM's, 2 % of guest RAM's pages, at
+    /// least 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    shadow_max_pages: Option<u64>,
+    /// The guest's CR0.WP: `off` lets its kernel write to read-only pages (under shadow
+    /// paging the VMM emulates that, as KVM does; see the copy-to-user workload).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    guest_cr0_wp: bool,
     /// Turn off EPT accessed/dirty flags (EPTP bit 6).
     #[arg(long)]
     no_ept_ad: bool,
@@ -314,6 +324,14 @@ fn parse_page_size(text: &str) -> Result<PageSize, String> {
     }
 }
 
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "1" => Ok(true),
+        "off" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, found '{text}'")),
+    }
+}
+
 fn parse_host_page_size(text: &str) -> Result<PageSize, String> {
     match text.to_ascii_lowercase().as_str() {
         "1g" => Ok(PageSize::Size1G),
@@ -352,9 +370,23 @@ impl MachineArgs {
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();
         config.host_page_size = self.host_page_size;
         config.ept_ad = !self.no_ept_ad;
-        config.shadow.unsync = self.shadow_unsync;
-        config.shadow.max_pages = usize::try_from(self.shadow_max_pages).unwrap_or(usize::MAX);
+        config.shadow.unsync = !self.no_shadow_unsync;
+        if self.shadow_unsync {
+            eprintln!("memvirt: note: --shadow-unsync is the default now; --no-shadow-unsync turns it off");
+        }
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
+        config.cpu.wp = self.guest_cr0_wp;
+        if let Some(pages) = self.shadow_max_pages {
+            let least = memvirt::vmm::shadow::recycle::min_budget(config.cpu.levels);
+            let pages = usize::try_from(pages).unwrap_or(usize::MAX);
+            if pages < least {
+                return Err(format!(
+                    "--shadow-max-pages {pages}: a {}-level guest's walk needs at least {least} shadow pages (a root and one per level below it)",
+                    config.cpu.levels.count()
+                ));
+            }
+            config.shadow.max_pages = Some(pages);
+        }
         if let (Some(entries), Some(ways)) = (self.tlb_entries, self.tlb_ways) {
             if ways == 0 || entries == 0 || entries % ways != 0 {
                 return Err(format!(

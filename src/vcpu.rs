@@ -65,8 +65,12 @@ pub enum PageOutcome {
 
 /// The architectural state of one virtual CPU.
 pub struct Vcpu {
-    /// Paging control bits.
+    /// The guest's paging control bits: what the guest wrote to CR0, CR4 and EFER.
     pub cpu: CpuState,
+    /// The paging control bits the processor's MMU runs with. The guest's own, except under
+    /// shadow paging, where the VMM keeps CR0.WP and EFER.NXE set and emulates the guest's
+    /// values in the shadow entries (see [`crate::vmm::Mode::hardware_cpu`]).
+    pub hw: CpuState,
     /// The guest's CR3.
     pub cr3: Cr3,
     /// The TLBs.
@@ -87,6 +91,7 @@ impl Vcpu {
     pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16, walk_caches: bool) -> Self {
         Self {
             cpu,
+            hw: cpu,
             cr3: Cr3::default(),
             tlb: Tlb::new(tlb),
             psc: walk_caches.then(PagingStructureCache::default),
@@ -114,12 +119,12 @@ impl Vcpu {
             }
             Some(None) => {
                 self.stats.walk_caches.psc_misses += 1;
-                WalkStart::root(root, &self.cpu)
+                WalkStart::root(root, &self.hw)
             }
-            None => WalkStart::root(root, &self.cpu),
+            None => WalkStart::root(root, &self.hw),
         };
         let psc = &mut self.psc;
-        walk_from(mem, start, va, access, &self.cpu, AdPolicy::Update, |step| {
+        walk_from(mem, start, va, access, &self.hw, AdPolicy::Update, |step| {
             if let Some(psc) = psc.as_mut() {
                 psc.fill(va, tag, step);
             }
@@ -149,7 +154,7 @@ impl Vcpu {
     #[inline(always)]
     pub fn unchanged_hit(&mut self, va: Gva, access: Access) -> Option<TlbEntry> {
         let entry = self.tlb.unchanged_hit(va, access.is_fetch(), self.tag())?;
-        if !entry.serves(access, &self.cpu) {
+        if !entry.serves(access, &self.hw) {
             return None;
         }
         self.tlb.count_unchanged_hit();
@@ -168,7 +173,7 @@ impl Vcpu {
             match self.tlb.lookup(va, access.is_fetch(), tag) {
                 Some(hit) => {
                     let entry = hit.entry;
-                    if entry.serves(access, &self.cpu) {
+                    if entry.serves(access, &self.hw) {
                         return PageOutcome::Done(entry.translate(va));
                     }
                     // The cached entry cannot serve this access (a write to a clean page, or

@@ -8,6 +8,7 @@ use memvirt::addr::{PageSize, PagingLevels};
 use memvirt::sim::compare::compare;
 use memvirt::sim::{run, ModeName, RunReport, SimConfig};
 use memvirt::tlb::TlbConfig;
+use memvirt::vmm::ShadowConfig;
 use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, Params, ScenarioContext};
 use memvirt::workload::Workload;
@@ -94,13 +95,15 @@ fn five_level_guests_and_nested_tables_and_large_host_pages_agree_too() {
 #[test]
 fn shadow_options_keep_every_access_correct() {
     let random = || scenario("uniform-random", &[("size", "64M"), ("accesses", "40000")], PageSize::Size4K);
-    // Out-of-sync leaf tables: far fewer page-table write exits, same results.
+    // Out-of-sync leaf tables (the default): far fewer page-table write exits, same results.
     let mut config = SimConfig::default();
+    config.shadow.unsync = false;
     let synced = verified_comparison(&config, &random);
     config.shadow.unsync = true;
     let unsynced = verified_comparison(&config, &random);
     let (synced, unsynced) = (&synced[1].stats, &unsynced[1].stats);
-    assert!(unsynced.shadow.unsyncs > 0);
+    assert!(unsynced.shadow.unsync > 0);
+    assert_eq!(synced.shadow.unsync, 0);
     assert!(
         unsynced.vm_exits.pt_write * 10 < synced.vm_exits.pt_write,
         "{} vs {}",
@@ -109,7 +112,7 @@ fn shadow_options_keep_every_access_correct() {
     );
     // A tiny page budget: pages are recycled, results stay right.
     let mut config = SimConfig::default();
-    config.shadow.max_pages = 6;
+    config.shadow.max_pages = Some(6);
     let reports = verified_comparison(&config, &trace);
     let shadow = &reports[1].stats.shadow;
     assert!(shadow.recycled > 0 && shadow.peak_pages <= 6, "{shadow:?}");
@@ -159,11 +162,23 @@ fn shadow_exits_follow_the_rules() {
     let s = &report.stats;
     let exits = s.vm_exits;
     // Every guest CR3 load exits; every guest page fault went through a page-fault exit and
-    // was injected; each PTE the kernel wrote into a shadowed table exited.
+    // was injected; a PTE write into a shadowed table exits only to let a leaf table out of
+    // sync or to be emulated.
     assert_eq!(exits.cr3_write, s.cr3_loads);
     assert_eq!(s.shadow.injected_faults, s.guest_page_faults);
     assert_eq!(exits.page_fault, s.shadow.injected_faults + s.shadow.hidden_faults);
-    assert!(exits.pt_write >= s.guest_page_faults, "each demand fault writes a PTE into a shadowed table");
+    assert!(exits.pt_write <= s.shadow.unsync + s.shadow.emulated_writes, "{:?}", s.shadow);
+    // With every shadowed table kept write-protected, each PTE the kernel wrote into one
+    // exited.
+    let config = SimConfig {
+        shadow: ShadowConfig { unsync: false, ..ShadowConfig::default() },
+        ..SimConfig::default()
+    };
+    let synced = run_trace(ModeName::Shadow, &config).stats;
+    assert!(
+        synced.vm_exits.pt_write >= synced.guest_page_faults,
+        "each demand fault writes a PTE into a shadowed table"
+    );
     assert_eq!(exits.ept_violation, 0);
     assert_eq!(exits.total, exits.cr3_write + exits.invlpg + exits.page_fault + exits.pt_write);
     assert_eq!(s.page_table_bytes.shadow, s.shadow.pages * 4096);

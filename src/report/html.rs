@@ -186,7 +186,7 @@ fn describe_config(config: &SimConfig) -> String {
         on_off(config.walk_caches),
         on_off(config.ept_ad),
         on_off(config.shadow.unsync),
-        config.shadow.max_pages,
+        config.shadow.budget(config.guest_ram),
         bytes_text(config.guest_ram),
         config.seed,
         on_off(config.verify)

@@ -256,7 +256,7 @@ pub fn run_vms(
         ModeName::Shadow => {
             let vms = new_hosts(config, count)?
                 .into_iter()
-                .map(|(host, vpid)| (Shadow::new(host, &config.cpu, config.shadow), vpid))
+                .map(|(host, vpid)| (Shadow::new(host, &config.cpu, config.shadow, config.guest_ram), vpid))
                 .collect();
             run_with(vms, config, workloads, progress)?
         }
@@ -334,6 +334,7 @@ fn run_with<M: Mode>(
     let mut guests = Vec::with_capacity(modes.len());
     for (mode, vpid) in modes {
         let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
+        machine.vcpu.hw = machine.mode.hardware_cpu(config.cpu);
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }

@@ -36,24 +36,41 @@ pub struct PageTableBytes {
     pub ept: u64,
 }
 
-/// What the shadow-paging VMM did (all zero in other modes).
+/// What the shadow-paging VMM did (all zero in other modes). The names follow KVM's own
+/// counters where it has one (`mmu_flooded`, `mmu_recycled`, `mmu_unsync`, ...).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
 pub struct ShadowStats {
     /// Shadow pages in use at the end of the run.
     pub pages: u64,
     /// The most shadow pages in use at once.
     pub peak_pages: u64,
+    /// The budget of shadow pages (`--shadow-max-pages`, or KVM's default from guest RAM).
+    pub max_pages: u64,
     /// Shadow pages created.
     pub created: u64,
     /// Shadow pages zapped (for any reason).
-    pub zaps: u64,
-    /// Of those, zapped because the guest kept writing the table (write flooding) or wrote
-    /// it misaligned.
-    pub flood_zaps: u64,
+    pub zapped: u64,
+    /// Of those, zapped because the guest kept writing an upper-level table with no use in
+    /// between (write flooding) or wrote it misaligned.
+    pub flooded: u64,
     /// Of those, zapped to stay within the page budget.
     pub recycled: u64,
-    /// Guest frames unprotected because the guest wrote them through a mapping.
-    pub unprotects: u64,
+    /// Guest writes to write-protected guest tables the VMM emulated (each zaps the shadow
+    /// entry written).
+    pub emulated_writes: u64,
+    /// Shadow entries filled ahead of use from neighbouring guest entries (KVM's
+    /// `pte_prefetch`).
+    pub prefetched: u64,
+    /// Leaf shadow pages let go out of sync (their guest frame left writable).
+    pub unsync: u64,
+    /// Out-of-sync pages brought back in sync and write-protected again.
+    pub resynced: u64,
+    /// TLB flushes the VMM made after changing shadow entries the CPU may have cached (KVM's
+    /// `kvm_flush_remote_tlbs`).
+    pub remote_flushes: u64,
+    /// Supervisor writes to read-only user pages a CR0.WP=0 guest makes, mapped
+    /// kernel-writable and user-inaccessible.
+    pub wp_emulations: u64,
     /// Lookups of the (guest frame, role) hash that found a shadow page. A fault looks up
     /// only the shadow entries it finds missing; present ones are followed.
     pub hash_hits: u64,
@@ -67,11 +84,8 @@ pub struct ShadowStats {
     pub hidden_faults: u64,
     /// Page faults the VMM injected into the guest.
     pub injected_faults: u64,
-    /// Leaf shadow pages let go out of sync (with `--shadow-unsync`).
-    pub unsyncs: u64,
-    /// Out-of-sync pages resynchronised at a guest TLB flush point.
-    pub resyncs: u64,
-    /// Guest page-table entries the VMM read in software (its own walks of guest tables).
+    /// Guest page-table entries the VMM read in software (its own walks of guest tables,
+    /// the entries it prefetches from and those it resynchronises).
     pub vmm_walk_refs: u64,
 }
 
@@ -182,8 +196,9 @@ impl Stats {
         add_counts!(g, h; pages_mapped, context_switches, cow_breaks, forks, execs, exits, munmaps,
             mprotects, large_splits);
         let (s, r) = (&mut self.shadow, &o.shadow);
-        add_counts!(s, r; pages, peak_pages, created, zaps, flood_zaps, recycled, unprotects,
+        add_counts!(s, r; pages, peak_pages, max_pages, created, zapped, flooded, recycled,
+            emulated_writes, prefetched, unsync, resynced, remote_flushes, wp_emulations,
             hash_hits, hash_misses, root_cache_hits, root_cache_misses, hidden_faults,
-            injected_faults, unsyncs, resyncs, vmm_walk_refs);
+            injected_faults, vmm_walk_refs);
     }
 }

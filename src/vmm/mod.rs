@@ -10,7 +10,7 @@ use crate::host::{GuestMemory, Host};
 use crate::memory::PhysMemory;
 use crate::paging::builder::{self, EntryFormat};
 use crate::paging::Access;
-use crate::paging::{walk, AdPolicy, WalkOutcome};
+use crate::paging::{walk, AdPolicy, CpuState, WalkOutcome};
 use crate::sim::explain::Explanation;
 use crate::sim::stats::PageTableBytes;
 use crate::vcpu::{Cr3, Resolved, Vcpu};
@@ -46,6 +46,12 @@ fn guest_walk_end(
 pub trait Mode {
     /// The mode's name as the command line spells it.
     fn name(&self) -> &'static str;
+
+    /// The paging control bits the processor runs the guest with, given the guest's own: the
+    /// same, except where the VMM forces some (shadow paging keeps CR0.WP and EFER.NXE set).
+    fn hardware_cpu(&self, guest: CpuState) -> CpuState {
+        guest
+    }
 
     /// The guest kernel reads a word of its physical memory (not a page walk).
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64;

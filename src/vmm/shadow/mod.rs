@@ -1,100 +1,113 @@
 //! Software shadow paging: the VMM merges the guest's tables (GVA -> GPA) with its own
 //! mappings (GPA -> HVA -> HPA) into shadow tables (GVA -> HPA) that the real CR3 points to.
 //!
-//! The design follows the production shadow MMU of Linux KVM:
-//! - shadow pages are found through a hash keyed by (guest frame, role);
-//! - every guest frame that holds a shadowed guest table is write-protected, so a guest write
-//!   to it exits (`pt_write`); the VMM emulates the write and zaps the affected shadow entry;
-//!   repeated writes with no use in between (write flooding) or a misaligned write zap the
-//!   shadow page and drop the protection;
-//! - CR3 loads exit; a small cache of recent roots (current + 3) makes process switches cheap;
-//! - a page fault exits; a hidden fault (the guest tables allow the access) is fixed from the
-//!   guest tables and never seen by the guest, a true fault is injected with the guest's error
-//!   code; the guest's A and D bits are emulated, and a clean guest page gets a read-only
-//!   shadow entry so the first write faults and sets D;
-//! - INVLPG exits and zaps the shadow entry;
-//! - shadow pages live in host frames within a budget; the oldest are recycled beyond it.
+//! The design is Linux KVM's shadow MMU (arch/x86/kvm/mmu/mmu.c, paging_tmpl.h, spte.c;
+//! Documentation/virt/kvm/x86/mmu.rst), one concern a file as KVM separates them:
+//! - [`page`]: shadow pages and their roles; [`pages`]: the hash keyed by (guest frame, role),
+//!   write protection of shadowed guest frames, zapping;
+//! - [`fault`]: the page-fault exit — a hidden fault is fixed from the guest's tables, a true
+//!   one injected with the guest's error code; the guest's A and D bits are emulated (a clean
+//!   guest page gets a read-only shadow entry so its first write faults and sets D), and a
+//!   CR0.WP=0 guest's supervisor writes to read-only pages are emulated as KVM does;
+//! - [`write_track`]: a guest write to a write-protected table exits and is emulated (the
+//!   entry written is zapped, and the TLB flushed if it was present); repeated writes to an
+//!   upper-level table with no use in between (write flooding) or a misaligned write zap the
+//!   shadow page;
+//! - [`sync`]: leaf shadow pages go out of sync when the guest writes their frame (on by
+//!   default, as in KVM) and are brought back at the guest's flush points: the pages the
+//!   new root reaches on a flushing CR3 load, the one entry on INVLPG;
+//! - [`pte_prefetch`]: the neighbours of a faulting entry are filled at the same time;
+//! - [`recycle`]: shadow pages live within a budget (by default KVM's, from guest memory);
+//!   pages are made available before a fault's walk, oldest first, never a root in use.
 //!
-//! Invalidation contract: whenever the VMM zaps a shadow page or removes write access from a
-//! shadow entry, it flushes the vCPU's TLB and paging-structure caches before the guest runs.
+//! CR3 loads exit; the current root and three previous ones are kept for fast switches.
+//!
+//! Invalidation contract: whenever the VMM zaps a shadow page or entry the CPU may have
+//! cached, or removes rights from one, it flushes the vCPU's TLB and paging-structure caches
+//! before the guest runs (KVM's `kvm_flush_remote_tlbs`, counted as `remote_flushes`).
 
+pub mod fault;
 pub mod page;
+pub mod pages;
+pub mod pte_prefetch;
+pub mod recycle;
 pub mod rmap;
+pub mod spte;
+pub mod sync;
+pub mod write_track;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
 
-use crate::addr::{Gfn, Gpa, Gva, Hpa, Level, PageSize, PagingLevels, PAGE_BYTES};
+use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PagingLevels, PAGE_BYTES};
 use crate::host::{GuestMemory, Host};
 use crate::memory::{OutOfFrames, Touches};
 use crate::paging::builder::{self, entry_address, EntryFormat};
-use crate::paging::Traced;
-use crate::paging::{
-    walk_from, Access, AdPolicy, Counted, PageFault, Pte, Rights, TableStep, WalkOutcome, WalkStart,
-};
+use crate::paging::{Access, AdPolicy, Counted, CpuState, Pte, Traced, WalkOutcome};
 use crate::sim::explain::{Explanation, WalkRef};
 use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Cr3, Mapping, Resolved, Vcpu};
 use crate::vmm::{guest_walk_end, Mode};
 
-pub use page::{Role, ShadowPage};
+use fault::FaultFix;
+pub use page::{Role, RoleBits, ShadowPage};
+use pages::GfnShadows;
 use rmap::ReverseMap;
 
-/// Writes to a shadowed table with no use in between before the page is zapped.
-const FLOOD_WRITES: u8 = 3;
-/// Recent roots kept besides the hash (KVM keeps the current root and 3 previous ones).
+/// Recent roots kept: the current one and 3 previous (KVM_MMU_NUM_PREV_ROOTS).
 const ROOT_CACHE: usize = 4;
 /// How many page-fault exits one translation may take before the VMM gives up on it.
 const MAX_FAULTS_PER_WALK: u32 = 8;
 
-/// The shadow pages of one guest frame: almost always one, kept inline so the frame's entry
-/// in the hash holds it (a guest PTE write reads it without following a pointer).
-type Tables = SmallVec<[Hpa; 1]>;
-
 /// Shadow-paging options.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
 pub struct ShadowConfig {
-    /// The most shadow pages in use at once; the oldest are recycled beyond it.
-    pub max_pages: usize,
-    /// Let leaf shadow pages go out of sync instead of trapping every guest PTE write.
+    /// The most shadow pages in use at once; `None` for KVM's default (2 % of guest memory's
+    /// pages, at least 64).
+    pub max_pages: Option<usize>,
+    /// Let leaf shadow pages go out of sync when the guest writes them, as KVM does.
     pub unsync: bool,
 }
 
 impl Default for ShadowConfig {
-    /// 65,536 pages (256 MiB of shadow tables).
+    /// KVM's behaviour: the default budget, unsync on.
     fn default() -> Self {
-        Self { max_pages: 1 << 16, unsync: false }
+        Self { max_pages: None, unsync: true }
     }
 }
 
-/// What the VMM did about a page-fault exit.
-enum FaultFix {
-    /// The shadow tables now allow the access: resume.
-    Fixed,
-    /// A true guest fault: inject it.
-    Inject(PageFault),
-    /// The access was emulated (or cannot be mapped).
-    Emulated,
+impl ShadowConfig {
+    /// The budget for a guest with `guest_ram` bytes of memory.
+    pub fn budget(&self, guest_ram: u64) -> usize {
+        self.max_pages.unwrap_or_else(|| recycle::default_budget(guest_ram))
+    }
 }
 
 /// A VM under shadow paging.
 pub struct Shadow {
     host: Host,
     config: ShadowConfig,
+    /// The most shadow pages at once.
+    budget: usize,
     levels: PagingLevels,
-    nxe: bool,
+    /// The guest's paging state (the VMM's software walks and resyncs follow it).
+    guest_cpu: CpuState,
+    /// The bits of every role that come from the guest's control registers.
+    role_bits: RoleBits,
     pages: FxHashMap<Hpa, ShadowPage>,
     index: FxHashMap<(Gfn, Role), Hpa>,
-    /// Indirect shadow pages of each write-protected guest frame.
-    protected: FxHashMap<Gfn, Tables>,
-    /// Out-of-sync shadow pages of each guest frame the guest may write freely.
-    unsync: FxHashMap<Gfn, Tables>,
+    /// Indirect shadow pages of each shadowed guest frame.
+    shadowed: FxHashMap<Gfn, GfnShadows>,
+    /// Shadowed guest frames in each large guest page (size, first frame): no large shadow
+    /// entry may map it.
+    large_disallowed: FxHashMap<(PageSize, Gfn), u32>,
     /// Leaf shadow entries that map each guest frame (entries may have gone stale).
     rmap: ReverseMap,
+    /// Shadow pages oldest first (entries of zapped pages are skipped).
     order: VecDeque<Hpa>,
+    /// Recent roots by guest CR3 (root, PCID), the current one first.
     roots: VecDeque<(Gpa, u16, Hpa)>,
     active: Option<Hpa>,
     pending_flush: bool,
@@ -104,17 +117,20 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// A VM with no shadow pages yet, for a guest with paging state `cpu`.
-    pub fn new(host: Host, cpu: &crate::paging::CpuState, config: ShadowConfig) -> Self {
+    /// A VM with no shadow pages yet, for a guest with paging state `cpu` and `guest_ram`
+    /// bytes of memory.
+    pub fn new(host: Host, cpu: &CpuState, config: ShadowConfig, guest_ram: u64) -> Self {
         Self {
             host,
             config,
+            budget: config.budget(guest_ram).max(recycle::min_budget(cpu.levels)),
             levels: cpu.levels,
-            nxe: cpu.nxe,
+            guest_cpu: *cpu,
+            role_bits: RoleBits::of(cpu),
             pages: FxHashMap::default(),
             index: FxHashMap::default(),
-            protected: FxHashMap::default(),
-            unsync: FxHashMap::default(),
+            shadowed: FxHashMap::default(),
+            large_disallowed: FxHashMap::default(),
             rmap: ReverseMap::default(),
             order: VecDeque::new(),
             roots: VecDeque::new(),
@@ -134,14 +150,21 @@ impl Shadow {
         self.active
     }
 
-    /// Whether `gfn` holds a shadowed guest table (and is therefore write-protected).
-    pub fn is_protected(&self, gfn: Gfn) -> bool {
-        self.protected.contains_key(&gfn)
+    /// The shadow page held in `table`, if there is one.
+    pub fn page(&self, table: Hpa) -> Option<&ShadowPage> {
+        self.pages.get(&table)
     }
 
+    /// Every shadow page, in no particular order.
+    pub fn pages(&self) -> impl Iterator<Item = &ShadowPage> {
+        self.pages.values()
+    }
+
+    /// Carries out a TLB flush the VMM's changes require, before the guest runs again.
     fn apply_flush(&mut self, vcpu: &mut Vcpu) {
         if self.pending_flush {
             vcpu.flush_all();
+            vcpu.stats.shadow.remote_flushes += 1;
             self.pending_flush = false;
         }
     }
@@ -150,266 +173,12 @@ impl Shadow {
         let pages = self.pages.len() as u64;
         stats.shadow.pages = pages;
         stats.shadow.peak_pages = stats.shadow.peak_pages.max(pages);
+        stats.shadow.max_pages = self.budget as u64;
     }
 
-    /// The shadow page for (`gfn`, `role`), created (and its guest frame write-protected) if
-    /// there is none.
-    fn get_or_create(&mut self, gfn: Gfn, role: Role, stats: &mut Stats) -> Result<Hpa, OutOfFrames> {
-        if role.level > Level::Pt && self.unsync.contains_key(&gfn) {
-            // The frame is about to be shadowed as an upper-level table, which must be
-            // write-protected: bring its leaf pages back in sync first. (A leaf page found
-            // again stays out of sync; the fault that found it fixes the entry it needs.)
-            self.sync_gfn(gfn, stats);
-        }
-        if let Some(&table) = self.index.get(&(gfn, role)) {
-            stats.shadow.hash_hits += 1;
-            return Ok(table);
-        }
-        stats.shadow.hash_misses += 1;
-        self.recycle(stats);
-        let table = self.host.table_frame()?;
-        self.pages.insert(
-            table,
-            ShadowPage { table, gfn, role, parents: Vec::new(), writes_since_use: 0, unsync: false },
-        );
-        self.index.insert((gfn, role), table);
-        self.order.push_back(table);
-        stats.shadow.created += 1;
-        if !role.direct {
-            let first = !self.protected.contains_key(&gfn);
-            self.protected.entry(gfn).or_default().push(table);
-            if first {
-                self.write_protect(gfn);
-            }
-        }
-        self.note_pages(stats);
-        Ok(table)
-    }
-
-    /// Removes write access from every shadow entry that maps `gfn`: 4 KiB entries lose W,
-    /// large entries covering it are dropped (the next fault splits the large page).
-    fn write_protect(&mut self, gfn: Gfn) {
-        for size in [PageSize::Size2M, PageSize::Size1G] {
-            let base = Gfn::new(gfn.number() & !(size.bytes() / PAGE_BYTES - 1));
-            for spte in self.rmap.take(base) {
-                let value = self.host.memory.read_u64(spte);
-                if value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0 {
-                    self.host.memory.write_u64(spte, 0);
-                    self.pending_flush = true;
-                } else {
-                    self.rmap.add(base, spte);
-                }
-            }
-        }
-        let sptes = self.rmap.take(gfn);
-        if sptes.is_empty() {
-            return;
-        }
-        let Some((backing, _)) = self.host.backing_of(gfn.start()) else { return };
-        let page = backing.as_u64() & Pte::ADDRESS_MASK;
-        for spte in sptes {
-            let value = self.host.memory.read_u64(spte);
-            if value & Pte::PRESENT == 0 || value & Pte::ADDRESS_MASK != page {
-                continue;
-            }
-            if value & Pte::WRITABLE != 0 {
-                self.host.memory.write_u64(spte, value & !(Pte::WRITABLE | Pte::DIRTY));
-                self.pending_flush = true;
-            }
-            self.rmap.add(gfn, spte);
-        }
-    }
-
-    /// Zaps the oldest shadow pages while the budget is exhausted (never the active root).
-    fn recycle(&mut self, stats: &mut Stats) {
-        let mut skipped = 0;
-        while self.pages.len() >= self.config.max_pages.max(1) && skipped <= self.order.len() {
-            let Some(oldest) = self.order.pop_front() else { break };
-            if !self.pages.contains_key(&oldest) {
-                continue;
-            }
-            if Some(oldest) == self.active {
-                self.order.push_back(oldest);
-                skipped += 1;
-                continue;
-            }
-            self.zap(oldest, stats);
-            stats.shadow.recycled += 1;
-        }
-    }
-
-    /// Frees a shadow page: unlinks it from its parents, forgets it, and drops the guest
-    /// frame's protection if no other shadow page needs it. Direct pages take their direct
-    /// children with them (their contents derive from the guest's large-page entry).
-    fn zap(&mut self, table: Hpa, stats: &mut Stats) {
-        let Some(page) = self.pages.remove(&table) else { return };
-        self.index.remove(&(page.gfn, page.role));
-        if !page.role.direct {
-            for map in [&mut self.protected, &mut self.unsync] {
-                if let Some(list) = map.get_mut(&page.gfn) {
-                    list.retain(|t| *t != table);
-                    if list.is_empty() {
-                        map.remove(&page.gfn);
-                    }
-                }
-            }
-        }
-        for parent in &page.parents {
-            let value = self.host.memory.read_u64(*parent);
-            if value & Pte::PRESENT != 0 && value & Pte::ADDRESS_MASK == table.as_u64() {
-                self.host.memory.write_u64(*parent, 0);
-            }
-        }
-        if page.role.direct && page.role.level > Level::Pt {
-            let children: Vec<Hpa> = (0..512u64)
-                .map(|i| self.host.memory.read_u64(Hpa::new(table.as_u64() + i * 8)))
-                .filter(|value| value & Pte::PRESENT != 0)
-                .map(|value| Hpa::new(value & Pte::ADDRESS_MASK))
-                .collect();
-            for child in children {
-                if self.pages.get(&child).is_some_and(|p| p.role.direct) {
-                    self.zap(child, stats);
-                }
-            }
-        }
-        self.roots.retain(|&(_, _, root)| root != table);
-        if self.active == Some(table) {
-            self.active = None;
-        }
-        self.host.free_table_frame(table);
-        stats.shadow.zaps += 1;
-        self.pending_flush = true;
-        self.note_pages(stats);
-    }
-
-    /// Zaps every shadow page of `gfn` (the guest reuses or rewrites the whole table).
-    fn unshadow(&mut self, gfn: Gfn, stats: &mut Stats) {
-        let mut tables = self.protected.get(&gfn).cloned().unwrap_or_default();
-        tables.extend(self.unsync.get(&gfn).cloned().unwrap_or_default());
-        for table in tables {
-            self.zap(table, stats);
-        }
-    }
-
-    /// Whether a leaf shadow entry still agrees with the guest entry it was made from: it must
-    /// map the same frame and grant no right the guest entry does not.
-    fn spte_current(&mut self, spte: u64, guest: u64, nxe: bool) -> bool {
-        let guest = Pte(guest);
-        if !guest.has(Pte::PRESENT) || guest.has(Pte::PAGE_SIZE) {
-            return false;
-        }
-        let frame = Gpa::new(guest.0 & Pte::ADDRESS_MASK);
-        let backing = self.host.backing_of(frame).map(|(hpa, _)| hpa.as_u64() & Pte::ADDRESS_MASK);
-        let spte = Pte(spte);
-        backing == Some(spte.0 & Pte::ADDRESS_MASK)
-            && (!spte.has(Pte::WRITABLE) || (guest.has(Pte::WRITABLE) && guest.has(Pte::DIRTY)))
-            && (!spte.has(Pte::USER) || guest.has(Pte::USER))
-            && (spte.has(Pte::NO_EXECUTE) || !(nxe && guest.has(Pte::NO_EXECUTE)))
-    }
-
-    /// Maps a guest large page with one shadow entry at `level` when the host backs it with a
-    /// page at least as large and no guest frame inside it is write-protected.
-    fn large_spte(
-        &mut self,
-        table: Hpa,
-        level: Level,
-        va: Gva,
-        translation: &crate::paging::Translation<Gpa>,
-    ) -> Option<FaultFix> {
-        let size = translation.size;
-        let first = translation.page.frame().number();
-        let frames = size.bytes() / PAGE_BYTES;
-        if self
-            .protected
-            .keys()
-            .chain(self.unsync.keys())
-            .any(|g| (first..first + frames).contains(&g.number()))
-        {
-            return None;
-        }
-        let (backing, host_size) = self.host.back(translation.page).ok()?;
-        if host_size < size {
-            return None;
-        }
-        let rights = translation.rights;
-        let page = Hpa::new(backing.as_u64() & !(size.bytes() - 1));
-        let writable = rights.writable && translation.dirty;
-        let value = leaf_spte(page, rights, writable, translation.global) | Pte::PAGE_SIZE;
-        let spte = entry_address(table, va.as_u64(), level);
-        self.host.memory.write_u64(spte, value);
-        // Filed under the large page's first frame; write-protection looks there too.
-        self.rmap.add(translation.page.frame(), spte);
-        Some(FaultFix::Fixed)
-    }
-
-    /// Brings one entry of an out-of-sync page up to date: drops it if the guest changed it.
-    fn sync_entry(&mut self, table: Hpa, gfn: Gfn, index: u64, nxe: bool) -> bool {
-        let spte_addr = Hpa::new(table.as_u64() + index * 8);
-        let spte = self.host.memory.read_u64(spte_addr);
-        if spte & Pte::PRESENT == 0 {
-            return false;
-        }
-        let guest = match self.host.backing_of(Gpa::new(gfn.start().as_u64() + index * 8)) {
-            Some((hpa, _)) => self.host.memory.read_u64(hpa),
-            None => 0,
-        };
-        if self.spte_current(spte, guest, nxe) {
-            return false;
-        }
-        self.host.memory.write_u64(spte_addr, 0);
-        true
-    }
-
-    /// Resynchronises every out-of-sync page of `gfn` and write-protects the frame again.
-    fn sync_gfn(&mut self, gfn: Gfn, stats: &mut Stats) {
-        let Some(tables) = self.unsync.remove(&gfn) else { return };
-        let nxe = self.nxe;
-        for &table in &tables {
-            for index in 0..512 {
-                if self.sync_entry(table, gfn, index, nxe) {
-                    self.pending_flush = true;
-                }
-            }
-            if let Some(page) = self.pages.get_mut(&table) {
-                page.unsync = false;
-            }
-            stats.shadow.resyncs += 1;
-        }
-        self.protected.entry(gfn).or_default().extend(tables);
-        self.write_protect(gfn);
-    }
-
-    /// Resynchronises every out-of-sync page (a guest CR3 load that flushes).
-    fn sync_all(&mut self, stats: &mut Stats) {
-        let frames: Vec<Gfn> = self.unsync.keys().copied().collect();
-        for gfn in frames {
-            self.sync_gfn(gfn, stats);
-        }
-    }
-
-    /// With unsync on: lets `gfn`'s shadow pages go out of sync if they are all leaf tables,
-    /// so the guest can write the frame without exits. Returns whether it did.
-    fn try_unsync(&mut self, gfn: Gfn, stats: &mut Stats) -> bool {
-        if !self.config.unsync {
-            return false;
-        }
-        let Some(tables) = self.protected.get(&gfn) else { return false };
-        let all_leaf = tables.iter().all(|t| self.pages.get(t).is_some_and(|p| p.role.level == Level::Pt));
-        if !all_leaf {
-            return false;
-        }
-        let tables = self.protected.remove(&gfn).unwrap_or_default();
-        for table in &tables {
-            if let Some(page) = self.pages.get_mut(table) {
-                page.unsync = true;
-            }
-            stats.shadow.unsyncs += 1;
-        }
-        self.unsync.insert(gfn, tables);
-        true
-    }
-
-    /// Points the real CR3 at the shadow root for `cr3`.
+    /// Points the real CR3 at the shadow root for `cr3`: from the cache of recent roots, or
+    /// found or built through the hash, when it is also brought up to date (KVM's
+    /// `kvm_mmu_new_pgd` / `fast_pgd_switch`, and `kvm_mmu_load`, which syncs the roots).
     fn load_root(&mut self, cr3: Cr3, stats: &mut Stats) -> Result<Hpa, OutOfFrames> {
         if let Some(at) = self.roots.iter().position(|&(root, pcid, _)| root == cr3.root && pcid == cr3.pcid)
         {
@@ -421,175 +190,15 @@ impl Shadow {
             }
         }
         stats.shadow.root_cache_misses += 1;
-        let role = Role { level: self.levels.root(), direct: false };
-        let table = self.get_or_create(cr3.root.frame(), role, stats)?;
+        self.make_pages_available(stats);
+        let role = self.role_bits.role(self.levels.root(), false, crate::paging::Rights::ALL);
+        let (table, _) = self.get_page(cr3.root.frame(), role, stats)?;
         self.roots.push_front((cr3.root, cr3.pcid, table));
         self.roots.truncate(ROOT_CACHE);
         self.active = Some(table);
+        self.sync_children(table, stats);
         Ok(table)
     }
-
-    /// Makes `spte` point at the shadow page for (`gfn`, `role`) with `rights`.
-    fn link(
-        &mut self,
-        spte: Hpa,
-        gfn: Gfn,
-        role: Role,
-        rights: Rights,
-        stats: &mut Stats,
-    ) -> Result<Hpa, OutOfFrames> {
-        let child = self.get_or_create(gfn, role, stats)?;
-        let value = child.as_u64() | link_flags(rights);
-        let old = self.host.memory.read_u64(spte);
-        if old != value {
-            self.host.memory.write_u64(spte, value);
-        }
-        if let Some(page) = self.pages.get_mut(&child) {
-            if !page.parents.contains(&spte) {
-                page.parents.push(spte);
-            }
-        }
-        Ok(child)
-    }
-
-    /// A page-fault exit: counted, handled, and the TLB flushed if the handling requires it.
-    fn page_fault_exit(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> FaultFix {
-        vcpu.stats.vm_exits.total += 1;
-        vcpu.stats.vm_exits.page_fault += 1;
-        let fix = self.fix(va, access, vcpu);
-        self.apply_flush(vcpu);
-        fix
-    }
-
-    /// The VMM's handling of a page-fault exit: walk the guest tables in software (setting
-    /// the guest's A/D bits as hardware would); inject a true fault, or build the missing
-    /// shadow entries.
-    fn fix(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> FaultFix {
-        let cpu = vcpu.cpu;
-        // The upper entries the walk passed (at most four, with five levels), kept without an
-        // allocation: this runs on every hidden fault.
-        let mut steps: [Option<TableStep<Gpa>>; 4] = [None; 4];
-        let mut count = 0;
-        let mut memory = GuestMemory::new(&mut self.host);
-        let start = WalkStart::root(vcpu.cr3.root, &cpu);
-        let outcome = walk_from(&mut memory, start, va, access, &cpu, AdPolicy::Update, |step| {
-            if let Some(slot) = steps.get_mut(count) {
-                *slot = Some(step);
-                count += 1;
-            }
-        });
-        vcpu.stats.shadow.vmm_walk_refs += memory.reads;
-        let translation = match outcome {
-            WalkOutcome::Mapped(t) => t,
-            WalkOutcome::PageFault(fault) => {
-                vcpu.stats.shadow.injected_faults += 1;
-                return FaultFix::Inject(fault);
-            }
-            WalkOutcome::NonCanonical | WalkOutcome::Memory(_) => return FaultFix::Emulated,
-        };
-        vcpu.stats.shadow.hidden_faults += 1;
-        let stats = &mut vcpu.stats;
-        let Some(mut table) = self.active.or_else(|| self.load_root(vcpu.cr3, stats).ok()) else {
-            return FaultFix::Emulated;
-        };
-        let mut level = self.levels.root();
-        for step in steps.iter().flatten() {
-            if let Some(page) = self.pages.get_mut(&table) {
-                page.writes_since_use = 0;
-            }
-            let Some(lower) = level.next_lower() else { return FaultFix::Emulated };
-            let spte = entry_address(table, va.as_u64(), level);
-            // A present link with the guest entry's rights is current: every change to the
-            // guest entry it was made from zapped it (the guest table is write-protected).
-            // Follow it without the hash, as KVM's fault path follows present entries.
-            let value = self.host.memory.read_u64(spte);
-            if value & Pte::PRESENT != 0 && value & !Pte::ADDRESS_MASK == link_flags(step.rights) {
-                table = Hpa::new(value & Pte::ADDRESS_MASK);
-                level = lower;
-                continue;
-            }
-            let role = Role { level: lower, direct: false };
-            match self.link(spte, step.next.frame(), role, step.rights, stats) {
-                Ok(child) => table = child,
-                Err(_) => return FaultFix::Emulated,
-            }
-            level = lower;
-        }
-        // A guest large page backed by a host page at least as large, with no shadowed guest
-        // table inside it, gets a large shadow entry; otherwise it is split into direct pages
-        // of 4 KiB entries.
-        if level > Level::Pt {
-            if let Some(fixed) = self.large_spte(table, level, va, &translation) {
-                return fixed;
-            }
-        }
-        while level > Level::Pt {
-            let Some(lower) = level.next_lower() else { break };
-            let part = translation.page.as_u64()
-                + (va.page_offset(translation.size) & !((1u64 << level.shift()) - 1));
-            let spte = entry_address(table, va.as_u64(), level);
-            let role = Role { level: lower, direct: true };
-            match self.link(spte, Gpa::new(part).frame(), role, translation.rights, stats) {
-                Ok(child) => table = child,
-                Err(_) => return FaultFix::Emulated,
-            }
-            level = lower;
-        }
-        // The leaf's table was used too: its guest writes were not a flood.
-        if let Some(page) = self.pages.get_mut(&table) {
-            page.writes_since_use = 0;
-        }
-        let gpa =
-            Gpa::new(translation.page.as_u64() + (va.page_offset(translation.size) & !(PAGE_BYTES - 1)));
-        let gfn = gpa.frame();
-        if access.is_write() && self.is_protected(gfn) {
-            // The guest writes one of its own page tables through a mapping: stop shadowing it.
-            stats.shadow.unprotects += 1;
-            self.unshadow(gfn, stats);
-        }
-        let Ok((backing, _)) = self.host.back(gpa) else { return FaultFix::Emulated };
-        let rights = translation.rights;
-        let writable = rights.writable && translation.dirty && !self.is_protected(gfn);
-        let value = leaf_spte(backing, rights, writable, translation.global);
-        let spte = entry_address(table, va.as_u64(), Level::Pt);
-        self.host.memory.write_u64(spte, value);
-        self.rmap.add(gfn, spte);
-        FaultFix::Fixed
-    }
-}
-
-/// The flags of a shadow entry that links a lower shadow table with `rights`.
-fn link_flags(rights: Rights) -> u64 {
-    let mut flags = Pte::PRESENT | Pte::ACCESSED;
-    if rights.writable {
-        flags |= Pte::WRITABLE;
-    }
-    if rights.user {
-        flags |= Pte::USER;
-    }
-    if rights.no_execute {
-        flags |= Pte::NO_EXECUTE;
-    }
-    flags
-}
-
-/// A leaf shadow entry for `page` (accessed set; dirty set with write access, so the
-/// processor never writes shadow entries back).
-fn leaf_spte(page: Hpa, rights: Rights, writable: bool, global: bool) -> u64 {
-    let mut value = (page.as_u64() & Pte::ADDRESS_MASK) | Pte::PRESENT | Pte::ACCESSED;
-    if writable {
-        value |= Pte::WRITABLE | Pte::DIRTY;
-    }
-    if rights.user {
-        value |= Pte::USER;
-    }
-    if rights.no_execute {
-        value |= Pte::NO_EXECUTE;
-    }
-    if global {
-        value |= Pte::GLOBAL;
-    }
-    value
 }
 
 impl Mode for Shadow {
@@ -625,40 +234,16 @@ impl Mode for Shadow {
         }
     }
 
+    fn hardware_cpu(&self, guest: CpuState) -> CpuState {
+        // KVM runs a shadow-paged guest with CR0.WP set, so write protection of the guest's
+        // tables holds against the guest kernel too, and with EFER.NXE set; the guest's own
+        // values are emulated in the shadow entries (mmu.rst, "Emulating cr0.wp").
+        CpuState { wp: true, nxe: true, ..guest }
+    }
+
     fn write_guest(&mut self, gpa: Gpa, value: u64, vcpu: &mut Vcpu) {
-        let gfn = gpa.frame();
-        if self.is_protected(gfn) {
-            let stats = &mut vcpu.stats;
-            stats.vm_exits.total += 1;
-            stats.vm_exits.pt_write += 1;
-            if self.try_unsync(gfn, stats) {
-                // The write is retried natively; the shadow page lags until the guest's
-                // next TLB flush point.
-            } else if gpa.as_u64() % 8 != 0 {
-                let before = stats.shadow.zaps;
-                self.unshadow(gfn, stats);
-                stats.shadow.flood_zaps += stats.shadow.zaps - before;
-            } else {
-                let offset = gpa.as_u64() & (PAGE_BYTES - 1);
-                // Each shadow page of the frame in turn, read from the live list (no copy on
-                // this path, taken by every guest PTE write): a zap removes just the page it
-                // zaps from the list, so the next one moves up to the same position.
-                let mut next = 0;
-                while let Some(&table) = self.protected.get(&gfn).and_then(|tables| tables.get(next)) {
-                    let flooded = self.pages.get_mut(&table).is_some_and(|page| {
-                        page.writes_since_use = page.writes_since_use.saturating_add(1);
-                        page.writes_since_use >= FLOOD_WRITES
-                    });
-                    if flooded {
-                        self.zap(table, stats);
-                        stats.shadow.flood_zaps += 1;
-                    } else {
-                        // The guest will INVLPG or reload CR3 before relying on the change.
-                        self.host.memory.write_u64(Hpa::new(table.as_u64() + offset), 0);
-                        next += 1;
-                    }
-                }
-            }
+        if self.is_protected(gpa.frame()) {
+            self.protected_store(gpa, &mut vcpu.stats);
         }
         if let Ok((hpa, _)) = self.host.back(gpa) {
             self.host.memory.write_u64(hpa, value);
@@ -667,16 +252,14 @@ impl Mode for Shadow {
     }
 
     fn zero_guest_frame(&mut self, gfn: Gfn, vcpu: &mut Vcpu) {
-        if self.unsync.contains_key(&gfn) {
-            // Reused as a fresh table: its old shadow pages are of no use.
-            self.unshadow(gfn, &mut vcpu.stats);
-        }
-        if self.is_protected(gfn) {
-            vcpu.stats.vm_exits.total += 1;
-            vcpu.stats.vm_exits.pt_write += 1;
-            let before = vcpu.stats.shadow.zaps;
-            self.unshadow(gfn, &mut vcpu.stats);
-            vcpu.stats.shadow.flood_zaps += vcpu.stats.shadow.zaps - before;
+        // The guest clears the frame a word at a time: while it stays protected, each store
+        // exits as any other does (the first lets a leaf table out of sync; an upper-level
+        // one is zapped as a flood by the third).
+        for offset in (0..PAGE_BYTES).step_by(8) {
+            if !self.is_protected(gfn) {
+                break;
+            }
+            self.protected_store(Gpa::new(gfn.start().as_u64() + offset), &mut vcpu.stats);
         }
         if let Ok((hpa, _)) = self.host.back(gfn.start()) {
             self.host.memory.zero_frame(hpa.frame());
@@ -687,25 +270,57 @@ impl Mode for Shadow {
     fn on_cr3_load(&mut self, cr3: Cr3, vcpu: &mut Vcpu) {
         vcpu.stats.vm_exits.total += 1;
         vcpu.stats.vm_exits.cr3_write += 1;
-        if !cr3.no_flush || !vcpu.cpu.pcide {
-            self.sync_all(&mut vcpu.stats);
+        let stats = &mut vcpu.stats;
+        if let Ok(root) = self.load_root(cr3, stats) {
+            let flush = !cr3.no_flush || !vcpu.cpu.pcide;
+            if flush {
+                // A flushing load: the out-of-sync pages the new root reaches are brought
+                // back (KVM_REQ_MMU_SYNC), and cached roots of the same PCID are given up
+                // (kvm_invalidate_pcid).
+                self.sync_children(root, stats);
+                if vcpu.cpu.pcide {
+                    self.roots.retain(|&(_, pcid, r)| r == root || pcid != cr3.pcid);
+                }
+            }
         }
-        let _ = self.load_root(cr3, &mut vcpu.stats);
+        self.compact_order();
         self.apply_flush(vcpu);
     }
 
     fn on_invlpg(&mut self, va: Gva, vcpu: &mut Vcpu) {
         vcpu.stats.vm_exits.total += 1;
         vcpu.stats.vm_exits.invlpg += 1;
-        if let Some(root) = self.active {
-            let slot =
-                builder::lookup(&mut self.host.memory, EntryFormat::X86, root, self.levels, va.as_u64());
-            if slot.leaf {
-                match self.direct_top(root, va) {
-                    // The guest mapped a large page here: drop the whole split.
-                    Some(top) => self.zap(top, &mut vcpu.stats),
-                    None => self.host.memory.write_u64(slot.entry, 0),
+        // In every root KVM holds (kvm_mmu_invlpg, __kvm_mmu_invalidate_addr): down the path
+        // of `va` while the page has out-of-sync pages below it; an out-of-sync page's entry
+        // for `va` is brought up to date from the guest's. In-sync pages are current already.
+        let mut roots: Vec<Hpa> = self.roots.iter().map(|&(_, _, root)| root).collect();
+        if let Some(active) = self.active {
+            if !roots.contains(&active) {
+                roots.push(active);
+            }
+        }
+        for root in roots {
+            let mut table = root;
+            let mut level = self.levels.root();
+            while let Some(page) = self.pages.get(&table) {
+                let (unsync, children) = (page.unsync, page.unsync_children);
+                let entry = entry_address(table, va.as_u64(), level);
+                if unsync {
+                    let index = (entry.as_u64() & (PAGE_BYTES - 1)) / 8;
+                    if self.sync_entry(table, index, &mut vcpu.stats) {
+                        self.pending_flush = true;
+                    }
                 }
+                if children == 0 {
+                    break;
+                }
+                let value = self.host.memory.read_u64(entry);
+                let Some(lower) = level.next_lower() else { break };
+                if !spte::is_link(value, level) {
+                    break;
+                }
+                table = Hpa::new(value & Pte::ADDRESS_MASK);
+                level = lower;
             }
         }
         self.apply_flush(vcpu);
@@ -734,7 +349,7 @@ impl Mode for Shadow {
                 },
             };
             let mut traced = Traced::new(&mut self.host.memory);
-            let outcome = crate::paging::walk(&mut traced, root, va, access, &vcpu.cpu, AdPolicy::Leave);
+            let outcome = crate::paging::walk(&mut traced, root, va, access, &vcpu.hw, AdPolicy::Leave);
             explanation.refs = traced
                 .reads
                 .iter()
@@ -834,25 +449,5 @@ impl Mode for Shadow {
 
     fn page_table_bytes(&self) -> PageTableBytes {
         PageTableBytes { guest: 0, shadow: self.pages.len() as u64 * PAGE_BYTES, ept: 0 }
-    }
-}
-
-impl Shadow {
-    /// The highest direct shadow page on the path of `va`, if the path splits a large page.
-    fn direct_top(&mut self, root: Hpa, va: Gva) -> Option<Hpa> {
-        let mut table = root;
-        let mut level = self.levels.root();
-        loop {
-            if self.pages.get(&table).is_some_and(|page| page.role.direct) {
-                return Some(table);
-            }
-            let lower = level.next_lower()?;
-            let value = self.host.memory.read_u64(entry_address(table, va.as_u64(), level));
-            if value & Pte::PRESENT == 0 {
-                return None;
-            }
-            table = Hpa::new(value & Pte::ADDRESS_MASK);
-            level = lower;
-        }
     }
 }
