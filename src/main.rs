@@ -258,7 +258,7 @@ struct MachineArgs {
     shadow_max_pages: Option<u64>,
     /// The guest's CR0.WP: `off` lets its kernel write to read-only pages (under shadow
     /// paging the VMM emulates that, as KVM does; see the copy-to-user workload).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     guest_cr0_wp: bool,
     /// Turn off EPT accessed/dirty flags (EPTP bit 6).
     #[arg(long)]

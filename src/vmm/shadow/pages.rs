@@ -127,6 +127,14 @@ impl Shadow {
         }
     }
 
+    /// The level of the live shadow table holding the entry at `entry`, if one does. Reverse
+    /// map entries outlive the pages they were in (KVM removes each from its rmap as it
+    /// zaps it; here they are checked instead), and a freed shadow frame may hold guest
+    /// memory now: an entry is acted on only while its table is a shadow page.
+    fn live_entry_level(&self, entry: Hpa) -> Option<Level> {
+        self.pages.get(&Hpa::new(entry.as_u64() & !(PAGE_BYTES - 1))).map(|page| page.role.level)
+    }
+
     /// Removes write access from every shadow entry that maps `gfn`: 4 KiB entries lose W,
     /// large entries covering it are dropped (the next fault maps it in 4 KiB pieces). KVM's
     /// `kvm_mmu_slot_gfn_write_protect`.
@@ -134,11 +142,12 @@ impl Shadow {
         for size in LARGE_SIZES {
             let base = large_base(gfn, size);
             for entry in self.rmap.take(base) {
+                let Some(level) = self.live_entry_level(entry) else { continue };
                 let value = self.host.memory.read_u64(entry);
-                if value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0 {
+                if level > Level::Pt && value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0 {
                     self.host.memory.write_u64(entry, 0);
                     self.pending_flush = true;
-                } else {
+                } else if level == Level::Pt {
                     self.rmap.add(base, entry);
                 }
             }
@@ -150,6 +159,9 @@ impl Shadow {
         let Some((backing, _)) = self.host.backing_of(gfn.start()) else { return };
         let page = backing.as_u64() & Pte::ADDRESS_MASK;
         for entry in entries {
+            if self.live_entry_level(entry) != Some(Level::Pt) {
+                continue;
+            }
             let value = self.host.memory.read_u64(entry);
             if value & Pte::PRESENT == 0 || value & Pte::ADDRESS_MASK != page {
                 continue;
