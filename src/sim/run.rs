@@ -467,7 +467,7 @@ fn up_to_next_access<M: Mode>(
 ) -> Result<SliceEnd, SimError> {
     loop {
         let Some(op) = feed.pending()?.first().copied() else { return Ok(SliceEnd::Ended) };
-        if matches!(op, Op::Access { .. }) {
+        if matches!(op, Op::Access { .. } | Op::KernelAccess { .. }) {
             return Ok(SliceEnd::WarmedUp);
         }
         feed.consume(1);
@@ -510,6 +510,15 @@ fn run_slice<M: Mode>(
                     break;
                 }
                 recent.forget();
+                if let Op::KernelAccess { pid, va, kind, size } = *op {
+                    kernel_access(guest, verifier, pid, va, kind, size)?;
+                    done += 1;
+                    if done == budget {
+                        stop = Some(SliceEnd::Budget);
+                        break;
+                    }
+                    continue;
+                }
                 apply(guest, *op)?;
                 continue;
             };
@@ -557,6 +566,29 @@ fn general_access<M: Mode>(
     access(guest, verifier, pid, va, Access::new(kind, Privilege::User), size)?;
     prefetcher.after(at, guest.machine.vcpu.stats.walks > walks);
     Ok(())
+}
+
+/// An access the guest kernel makes to a process's memory on its behalf: at CPL 0, with
+/// EFLAGS.AC set for its duration (STAC ... CLAC, as `copy_to_user` does), so SMAP lets it
+/// through. Every page goes through the general path.
+#[inline(never)]
+fn kernel_access<M: Mode>(
+    guest: &mut Guest<M>,
+    verifier: &mut Verifier,
+    pid: Pid,
+    va: Gva,
+    kind: AccessKind,
+    size: u32,
+) -> Result<(), SimError> {
+    let vcpu = &mut guest.machine.vcpu;
+    let (guest_ac, hw_ac) = (vcpu.cpu.ac, vcpu.hw.ac);
+    vcpu.cpu.ac = true;
+    vcpu.hw.ac = true;
+    let result = access(guest, verifier, pid, va, Access::new(kind, Privilege::Supervisor), size);
+    let vcpu = &mut guest.machine.vcpu;
+    vcpu.cpu.ac = guest_ac;
+    vcpu.hw.ac = hw_ac;
+    result
 }
 
 impl<M: Mode> Guest<M> {
@@ -614,7 +646,7 @@ fn apply<M: Mode>(guest: &mut Guest<M>, op: Op) -> Result<(), SimError> {
             kernel.poke(machine, pid, va, level, value)?;
         }
         Op::SetRoot { pid, root } => kernel.set_root(machine, pid, Gpa::new(root))?,
-        Op::StartMeasuring | Op::Access { .. } => {
+        Op::StartMeasuring | Op::Access { .. } | Op::KernelAccess { .. } => {
             return Err(SimError::Internal(format!("{op:?} is not carried out by apply")))
         }
     }

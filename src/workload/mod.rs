@@ -3,6 +3,7 @@
 
 pub mod chunks;
 pub mod compact;
+pub mod copy_to_user;
 pub mod feed;
 pub mod lackey;
 pub mod open;
@@ -94,6 +95,19 @@ pub enum Op {
         pid: Pid,
         /// The new root (its low 12 bits are ignored).
         root: u64,
+    },
+    /// The guest kernel accesses `pid`'s user memory on its behalf, at CPL 0 with EFLAGS.AC
+    /// set as `copy_to_user` / `copy_from_user` set it (so SMAP allows it): a supervisor
+    /// access of `size` bytes at `va`. It counts as an access of the run.
+    KernelAccess {
+        /// The process whose memory is accessed.
+        pid: Pid,
+        /// The first byte.
+        va: Gva,
+        /// Read or write.
+        kind: AccessKind,
+        /// Bytes accessed.
+        size: u32,
     },
     /// A user-mode memory access of `size` bytes at `va` by `pid`.
     Access {

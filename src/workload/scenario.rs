@@ -98,6 +98,12 @@ pub const SCENARIOS: &[ScenarioSpec] = &[
         params: &[("size", "256M"), ("accesses", "1000000"), ("populate", "no")],
         build: build_pointer_chase,
     },
+    ScenarioSpec {
+        name: "copy-to-user",
+        description: "the kernel writing a forked child's copy-on-write buffer for it (read() into it), then the child reading it: shows the guest's CR0.WP (--guest-cr0-wp off)",
+        params: &[("pages", "64"), ("rounds", "1000")],
+        build: build_copy_to_user,
+    },
 ];
 
 /// The scenario named `name`.
@@ -262,6 +268,18 @@ impl Workload for BufferScenario {
         let va = Gva::new_truncate(BUFFER_BASE + offset);
         Ok(Some(Op::Access { pid: PID, va, kind, size: 8 }))
     }
+}
+
+fn build_copy_to_user(
+    params: &mut ParamReader,
+    context: &ScenarioContext,
+) -> Result<Box<dyn Workload>, WorkloadError> {
+    let pages = params.size("pages", 1)?;
+    let pages = Some(pages)
+        .filter(|p| *p <= 1 << 20)
+        .ok_or_else(|| params.error(format!("pages={pages}: at most 1m (4 GiB)")))?;
+    let rounds = params.size("rounds", 1)?;
+    Ok(Box::new(crate::workload::copy_to_user::CopyToUser::new(pages, rounds, context.page_size)))
 }
 
 fn build_gups(

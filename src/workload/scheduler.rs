@@ -79,6 +79,7 @@ impl Renumber {
             Op::Exec { pid } => Op::Exec { pid: pid + o },
             Op::Exit { pid } => Op::Exit { pid: pid + o },
             Op::Access { pid, va, kind, size } => Op::Access { pid: pid + o, va, kind, size },
+            Op::KernelAccess { pid, va, kind, size } => Op::KernelAccess { pid: pid + o, va, kind, size },
             Op::Poke { pid, va, level, value } => Op::Poke { pid: pid + o, va, level, value },
             Op::SetRoot { pid, root } => Op::SetRoot { pid: pid + o, root },
             Op::StartMeasuring if self.drop_measure => return None,
