@@ -474,7 +474,7 @@ fn up_to_next_access<M: Mode>(
         if op == Op::StartMeasuring {
             return Ok(SliceEnd::StartMeasuring);
         }
-        apply(guest, op)?;
+        apply(&mut guest.machine, &mut guest.kernel, op)?;
     }
 }
 
@@ -519,7 +519,7 @@ fn run_slice<M: Mode>(
                     }
                     continue;
                 }
-                apply(guest, *op)?;
+                apply(&mut guest.machine, &mut guest.kernel, *op)?;
                 continue;
             };
             used += 1;
@@ -616,8 +616,7 @@ impl<M: Mode> Guest<M> {
 }
 
 /// Carries out an operation of the workload other than an access or the start of measuring.
-fn apply<M: Mode>(guest: &mut Guest<M>, op: Op) -> Result<(), SimError> {
-    let (machine, kernel) = (&mut guest.machine, &mut guest.kernel);
+pub(crate) fn apply<M: Mode>(machine: &mut Machine<M>, kernel: &mut Kernel, op: Op) -> Result<(), SimError> {
     match op {
         Op::Spawn { pid, anywhere } => kernel.spawn(machine, pid, anywhere)?,
         Op::Map { pid, region } => kernel.add_region(pid, region)?,

@@ -34,6 +34,8 @@ pub mod recycle;
 pub mod rmap;
 pub mod spte;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 pub mod write_track;
 
 use std::cell::Cell;
