@@ -442,33 +442,38 @@ fn a_write_through_a_mapping_of_an_upper_level_guest_table_is_emulated() {
 }
 
 #[test]
-fn write_flooding_zaps_upper_level_pages_but_never_leaf_pages() {
-    // detect_write_flooding skips level-1 pages (they can go out of sync instead) and zaps
-    // an upper-level page on the third write with no use in between; detect_write_misaligned
+fn write_flooding_zaps_upper_level_pages_and_leaf_pages_only_without_unsync() {
+    // detect_write_flooding skips level-1 pages, which can go out of sync instead, and zaps
+    // an upper-level page on the third write with no use in between; with unsync off a leaf
+    // page floods too (as every page did before KVM had unsync). detect_write_misaligned
     // zaps any page.
-    let mut vm = Vm::new(CpuState::default(), ShadowConfig { unsync: false, ..ShadowConfig::default() });
-    vm.process(1, BASE, 16 * PAGE, Prot::RW, PageSize::Size4K);
-    vm.done(1, BASE, USER_WRITE);
-    let leaf = vm.shadow_page_at(BASE, Level::Pt);
-    let (gpte, _) = vm.guest_entry(1, BASE + 9 * PAGE);
-    for _ in 0..10 {
-        vm.m.write_phys(gpte, 0);
+    for unsync in [true, false] {
+        let mut vm = Vm::new(CpuState::default(), ShadowConfig { unsync, ..ShadowConfig::default() });
+        vm.process(1, BASE, 16 * PAGE, Prot::RW, PageSize::Size4K);
+        vm.done(1, BASE, USER_WRITE);
+        let leaf = vm.shadow_page_at(BASE, Level::Pt);
+        let (gpte, _) = vm.guest_entry(1, BASE + 9 * PAGE);
+        let mut stats = Stats::default();
+        for _ in 0..10 {
+            vm.m.mode.emulated_write(gpte, &mut stats);
+        }
+        assert_eq!(vm.m.mode.pages.contains_key(&leaf), unsync, "unsync {unsync}");
+        assert_eq!(stats.shadow.flooded, u64::from(!unsync));
+        vm.m.mode.apply_flush(&mut vm.m.vcpu);
+        vm.done(1, BASE, USER_READ);
+        let pd = vm.shadow_page_at(BASE, Level::Pd);
+        let pd_gfn = vm.m.mode.pages[&pd].gfn;
+        let unused = Gpa::new(pd_gfn.start().as_u64() + 8 * 300);
+        vm.m.write_phys(unused, 0);
+        vm.m.write_phys(unused, 0);
+        assert!(vm.m.mode.pages.contains_key(&pd));
+        vm.m.write_phys(unused, 0);
+        assert!(!vm.m.mode.pages.contains_key(&pd), "the third write with no use floods it");
+        vm.done(1, BASE, USER_READ);
+        let leaf = vm.shadow_page_at(BASE, Level::Pt);
+        vm.m.mode.emulated_write(Gpa::new(gpte.as_u64() + 4), &mut stats);
+        assert!(!vm.m.mode.pages.contains_key(&leaf), "a misaligned write zaps even a leaf page");
     }
-    assert!(vm.m.mode.pages.contains_key(&leaf), "a leaf page is never flooded");
-    assert_eq!(vm.stats().flooded, 0);
-    let pd = vm.shadow_page_at(BASE, Level::Pd);
-    let pd_gfn = vm.m.mode.pages[&pd].gfn;
-    let unused = Gpa::new(pd_gfn.start().as_u64() + 8 * 300);
-    vm.m.write_phys(unused, 0);
-    vm.m.write_phys(unused, 0);
-    assert!(vm.m.mode.pages.contains_key(&pd));
-    vm.m.write_phys(unused, 0);
-    assert!(!vm.m.mode.pages.contains_key(&pd), "the third write with no use floods it");
-    assert_eq!(vm.stats().flooded, 1);
-    vm.done(1, BASE, USER_READ);
-    let leaf = vm.shadow_page_at(BASE, Level::Pt);
-    vm.m.write_phys(Gpa::new(gpte.as_u64() + 4), 0);
-    assert!(!vm.m.mode.pages.contains_key(&leaf), "a misaligned write zaps even a leaf page");
 }
 
 #[test]

@@ -32,7 +32,7 @@ impl Shadow {
     /// The VMM emulates a guest write of a word at `gpa`, in a frame it write-protects: each
     /// shadow page of the frame loses the entry written, or the whole page if the write is
     /// misaligned or the guest keeps writing an upper-level table it does not use (KVM's
-    /// `kvm_mmu_track_write`). A present entry zapped means the TLB is flushed.
+    /// `kvm_mmu_track_write`; a leaf table too when unsync is off). A present entry zapped means the TLB is flushed.
     pub(super) fn emulated_write(&mut self, gpa: Gpa, stats: &mut Stats) {
         stats.shadow.emulated_writes += 1;
         let gfn = gpa.frame();
@@ -48,8 +48,9 @@ impl Shadow {
                 next += 1;
                 continue;
             };
-            // Leaf pages are never zapped for flooding: they can go out of sync instead.
-            let flooded = page.role.level > Level::Pt && {
+            // Leaf pages are never zapped for flooding: they can go out of sync instead. With
+            // unsync off they can not, and are flooded as every page was before KVM had unsync.
+            let flooded = (page.role.level > Level::Pt || !self.config.unsync) && {
                 page.writes_since_use = page.writes_since_use.saturating_add(1);
                 page.writes_since_use >= FLOOD_WRITES
             };
