@@ -90,6 +90,10 @@ fn the_budgets_that_let_a_guest_reach_its_shadow_tables_are_verified_now() {
         let shadow = &reports[1].stats.shadow;
         assert!(shadow.recycled > 0 && shadow.peak_pages <= shadow.max_pages, "{shadow:?}");
         assert_eq!(reports[0].stats.guest_page_faults, reports[1].stats.guest_page_faults);
+        // The pages held at the end, even where the workload restarted the counters (gups
+        // measures after its initialisation).
+        assert!(shadow.pages > 0 && shadow.pages <= shadow.max_pages);
+        assert_eq!(reports[1].stats.page_table_bytes.shadow, shadow.pages * 4096);
     }
 }
 

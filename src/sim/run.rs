@@ -433,6 +433,7 @@ fn guest_stats<M: Mode>(guest: &Guest<M>) -> Stats {
     stats.context_switches = counters.context_switches;
     stats.pages_mapped = counters.pages_mapped;
     stats.guest = counters;
+    guest.machine.mode.note_state(&mut stats);
     let own = guest.machine.mode.page_table_bytes();
     stats.page_table_bytes.guest = guest.kernel.page_table_bytes();
     stats.page_table_bytes.shadow = own.shadow;

@@ -12,7 +12,7 @@ use crate::paging::builder::{self, EntryFormat};
 use crate::paging::Access;
 use crate::paging::{walk, AdPolicy, CpuState, WalkOutcome};
 use crate::sim::explain::Explanation;
-use crate::sim::stats::PageTableBytes;
+use crate::sim::stats::{PageTableBytes, Stats};
 use crate::vcpu::{Cr3, Resolved, Vcpu};
 
 pub use native::Native;
@@ -132,6 +132,10 @@ pub trait Mode {
     fn write_protected(&self, _gpa: Gpa) -> bool {
         false
     }
+
+    /// Fills in counters that describe the mode's state at the end of a run rather than
+    /// events (the shadow pages held), which a reset of the counters must not leave at zero.
+    fn note_state(&self, _stats: &mut Stats) {}
 
     /// Page-table memory the mode itself keeps (shadow and EPT tables).
     fn page_table_bytes(&self) -> PageTableBytes {

@@ -29,8 +29,6 @@ impl Shadow {
     pub(super) fn page_fault_exit(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> FaultFix {
         vcpu.stats.vm_exits.total += 1;
         vcpu.stats.vm_exits.page_fault += 1;
-        // KVM's FNAME(page_fault) calls make_mmu_pages_available before FNAME(fetch).
-        self.make_pages_available(&mut vcpu.stats);
         let fix = self.fix(va, access, vcpu);
         self.compact_order();
         self.apply_flush(vcpu);
@@ -78,6 +76,10 @@ impl Shadow {
         let Some(root) = self.active.or_else(|| self.load_root(vcpu.cr3, stats).ok()) else {
             return FaultFix::Emulated;
         };
+        // Only a fault the VMM will fill gets pages made available, and before any table is
+        // followed or built (FNAME(page_fault) calls make_mmu_pages_available after
+        // FNAME(walk_addr), before FNAME(fetch)); the root in use is never recycled.
+        self.make_pages_available(stats);
         let Some((table, level)) = self.fetch_tables(root, va, &steps, stats) else {
             return FaultFix::Emulated;
         };
@@ -196,15 +198,16 @@ impl Shadow {
             self.pending_flush = true;
         }
         self.rmap.add(gfn, entry);
+        let index = (entry.as_u64() & (PAGE_BYTES - 1)) / 8;
+        self.pte_prefetch(table, index, stats);
         if refused && access.is_write() {
             // The guest writes one of its own page tables through a mapping that must stay
-            // read-only: the VMM emulates the write (RET_PF_EMULATE).
-            let written = Gpa::new(gfn.start().as_u64() + (va.as_u64() & (PAGE_BYTES - 1) & !7));
+            // read-only: the VMM emulates the write (RET_PF_EMULATE). Where in the frame it
+            // lands decides whether it is misaligned.
+            let written = Gpa::new(gfn.start().as_u64() + (va.as_u64() & (PAGE_BYTES - 1)));
             self.emulated_write(written, stats);
             return FaultFix::Emulated;
         }
-        let index = (entry.as_u64() & (PAGE_BYTES - 1)) / 8;
-        self.pte_prefetch(table, index, stats);
         FaultFix::Fixed
     }
 
@@ -240,7 +243,7 @@ impl Shadow {
 
     /// A fault used `table`: the guest's writes to it before were not a flood (KVM's
     /// `__clear_sp_write_flooding_count`).
-    fn used(&mut self, table: Hpa) {
+    pub(super) fn used(&mut self, table: Hpa) {
         if let Some(page) = self.pages.get_mut(&table) {
             page.writes_since_use = 0;
         }

@@ -188,10 +188,15 @@ impl Shadow {
                 stats.shadow.root_cache_hits += 1;
                 self.roots.push_front(entry);
                 self.active = Some(entry.2);
+                // kvm_mmu_new_pgd clears the new root's write-flooding count.
+                self.used(entry.2);
                 return Ok(entry.2);
             }
         }
         stats.shadow.root_cache_misses += 1;
+        // Until the new root stands, no root is loaded: a failure leaves none (KVM fails the
+        // entry), never the previous process's.
+        self.active = None;
         self.make_pages_available(stats);
         let role = self.role_bits.role(self.levels.root(), false, crate::paging::Rights::ALL);
         let (table, _) = self.get_page(cr3.root.frame(), role, stats)?;
@@ -447,6 +452,10 @@ impl Mode for Shadow {
             }
         }
         Resolved::Emulated
+    }
+
+    fn note_state(&self, stats: &mut Stats) {
+        self.note_pages(stats);
     }
 
     fn page_table_bytes(&self) -> PageTableBytes {

@@ -135,21 +135,22 @@ impl Shadow {
         self.pages.get(&Hpa::new(entry.as_u64() & !(PAGE_BYTES - 1))).map(|page| page.role.level)
     }
 
-    /// Removes write access from every shadow entry that maps `gfn`: 4 KiB entries lose W,
-    /// large entries covering it are dropped (the next fault maps it in 4 KiB pieces). KVM's
-    /// `kvm_mmu_slot_gfn_write_protect`.
+    /// Removes write access from every shadow entry that maps `gfn`, large entries covering
+    /// it included (KVM's `kvm_mmu_slot_gfn_write_protect` at every level): reads go on
+    /// through a large entry, and the next write fault maps the page in 4 KiB pieces, since
+    /// no large mapping may cover a shadowed frame.
     pub(super) fn write_protect(&mut self, gfn: Gfn) {
         for size in LARGE_SIZES {
             let base = large_base(gfn, size);
             for entry in self.rmap.take(base) {
                 let Some(level) = self.live_entry_level(entry) else { continue };
                 let value = self.host.memory.read_u64(entry);
-                if level > Level::Pt && value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0 {
-                    self.host.memory.write_u64(entry, 0);
+                let large = level > Level::Pt && value & Pte::PRESENT != 0 && value & Pte::PAGE_SIZE != 0;
+                if large && value & Pte::WRITABLE != 0 {
+                    self.host.memory.write_u64(entry, value & !(Pte::WRITABLE | Pte::DIRTY));
                     self.pending_flush = true;
-                } else if level == Level::Pt {
-                    self.rmap.add(base, entry);
                 }
+                self.rmap.add(base, entry);
             }
         }
         let entries = self.rmap.take(gfn);

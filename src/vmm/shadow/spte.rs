@@ -41,6 +41,19 @@ pub fn leaf(page: Hpa, access: Rights, large: bool, accessed: bool) -> u64 {
     value
 }
 
+/// Whether replacing the leaf shadow entry `old` by `new` takes something away a TLB may
+/// hold: the mapping (not present, another frame) or a right (W, U, or execute). Only then
+/// must the VMM flush (KVM's `mmu_spte_update`, `spte_has_volatile_bits`).
+pub fn fewer_rights(old: u64, new: u64) -> bool {
+    if old & Pte::PRESENT == 0 {
+        return false;
+    }
+    new & Pte::PRESENT == 0
+        || new & Pte::ADDRESS_MASK != old & Pte::ADDRESS_MASK
+        || old & !new & (Pte::WRITABLE | Pte::USER) != 0
+        || new & !old & Pte::NO_EXECUTE != 0
+}
+
 /// The rights of a guest leaf entry `gpte` below tables that grant `above`, with write access
 /// kept only if the entry is dirty, so the first write faults and the VMM sets D (KVM's
 /// `FNAME(gpte_access)` and `FNAME(protect_clean_gpte)`).
@@ -91,6 +104,21 @@ mod tests {
         assert!(guest_leaf_access(Rights::ALL, clean | Pte::DIRTY, true).writable);
         let above = Rights { writable: false, user: true, no_execute: false };
         assert!(!guest_leaf_access(above, clean | Pte::DIRTY, true).writable);
+    }
+
+    #[test]
+    fn only_taking_something_away_needs_a_flush() {
+        let page = Hpa::new(0x7000);
+        let read_only = leaf(page, Rights { writable: false, user: true, no_execute: false }, false, true);
+        let writable = leaf(page, Rights::ALL, false, true);
+        assert!(!fewer_rights(read_only, writable));
+        assert!(fewer_rights(writable, read_only));
+        assert!(fewer_rights(writable, 0));
+        assert!(fewer_rights(writable, leaf(Hpa::new(0x8000), Rights::ALL, false, true)));
+        let no_exec = leaf(page, Rights { no_execute: true, ..Rights::ALL }, false, true);
+        assert!(fewer_rights(writable, no_exec));
+        assert!(!fewer_rights(0, writable));
+        assert!(!fewer_rights(leaf(page, Rights::ALL, false, false), writable), "gaining A");
     }
 
     #[test]

@@ -165,7 +165,8 @@ impl Shadow {
 
     /// Brings entry `index` of the leaf page `table` up to date: dropped if the guest entry
     /// is no longer usable or maps another frame, its rights rewritten in place if they
-    /// changed (KVM's `FNAME(sync_spte)`). Returns whether it changed.
+    /// changed (KVM's `FNAME(sync_spte)`). Returns whether the change needs a TLB flush: an
+    /// entry dropped or given fewer rights (`mmu_spte_update`), not one given more.
     pub(super) fn sync_entry(&mut self, table: Hpa, index: u64, stats: &mut Stats) -> bool {
         let Some(page) = self.pages.get(&table) else { return false };
         if page.role.direct || page.role.level != Level::Pt {
@@ -194,12 +195,13 @@ impl Shadow {
             rights.writable = false;
         }
         let Some(page) = backing else { return false };
+        // Synchronising keeps the entry accessed (make_spte with `synchronizing`).
         let new = spte::leaf(page, rights, false, true);
         if new == old {
             return false;
         }
         self.host.memory.write_u64(entry, new);
-        true
+        spte::fewer_rights(old, new)
     }
 
     /// A word of guest memory, read by the VMM without side effects (0 where nothing backs it).
