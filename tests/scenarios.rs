@@ -225,3 +225,16 @@ fn prefetching_walks_changes_nothing_a_run_reports() {
         }
     }
 }
+
+#[test]
+fn large_pages_are_mapped_from_the_first_fault_of_a_fresh_range() {
+    // Linux's THP fault path (do_huge_pmd_anonymous_page) allocates the missing upper tables
+    // and maps a huge page; it does not need a page directory to exist already. 8 MiB of
+    // 2 MiB pages is four faults, four large mappings.
+    let reports =
+        verified("seq-scan", &[("size", "8M"), ("passes", "1")], &SimConfig::default(), PageSize::Size2M);
+    for report in &reports {
+        assert_eq!(report.stats.guest_page_faults, 4, "{}", report.mode);
+        assert_eq!(report.stats.pages_mapped, 4 * 512, "{}", report.mode);
+    }
+}

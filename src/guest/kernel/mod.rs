@@ -382,7 +382,10 @@ impl Kernel {
         let fits_large = region.page_size == PageSize::Size2M
             && region.contains(large_start)
             && region.contains(Gva::new_truncate(large_start.as_u64() + PageSize::Size2M.bytes() - 1))
-            && slot.level == Level::Pd;
+            // No page table below this 2 MiB yet: the search stopped at the PD or above it
+            // (Linux's THP fault path allocates the missing upper tables and maps the huge
+            // page, do_huge_pmd_anonymous_page).
+            && slot.level >= Level::Pd;
         if fits_large {
             let frame = self.large.allocate()?;
             let leaf = Leaf {
