@@ -3,10 +3,12 @@
 
 use crate::addr::{Gpa, Gva, Hpa, PageSize, PhysAddr};
 use crate::paging::{
-    walk_from, Access, AdPolicy, CpuState, PageFault, Rights, TableMemory, WalkOutcome, WalkStart,
+    walk_from, Access, AdPolicy, CpuState, PageFault, Rights, TableMemory, TableStep, WalkOutcome, WalkStart,
 };
 use crate::sim::stats::Stats;
-use crate::tlb::{NestedTlb, PagingStructureCache, Tlb, TlbConfig, TlbEntry, TlbTag};
+use crate::tlb::{
+    NestedPagingStructureCache, NestedTlb, PagingStructureCache, Tlb, TlbConfig, TlbEntry, TlbTag,
+};
 use crate::vmm::Mode;
 
 /// A guest CR3 value: the root table's guest-physical address, the PCID (bits 11:0, with
@@ -80,8 +82,14 @@ pub struct Vcpu {
     /// The nested TLB for the second dimension of nested walks (`None` with
     /// `--no-walk-caches`).
     pub nested_tlb: Option<NestedTlb>,
+    /// The guest-physical paging-structure caches for the nested dimension (`None` with
+    /// `--no-walk-caches`).
+    pub nested_psc: Option<NestedPagingStructureCache>,
     /// This vCPU's VPID (0 natively).
     pub vpid: u16,
+    /// The EPT (or nested) root the guest runs under (EP4TA; 0 without nested paging): part
+    /// of the tag of combined mappings and of guest-physical mappings (SDM Vol. 3C §29.4.1).
+    pub ep4ta: u64,
     /// Counters.
     pub stats: Stats,
 }
@@ -96,14 +104,19 @@ impl Vcpu {
             tlb: Tlb::new(tlb),
             psc: walk_caches.then(PagingStructureCache::default),
             nested_tlb: walk_caches.then(NestedTlb::default),
+            nested_psc: walk_caches.then(NestedPagingStructureCache::default),
             vpid,
+            ep4ta: 0,
             stats: Stats::default(),
         }
     }
 
     /// The walk the CPU makes through the tables at `root` (1D, or the guest dimension of a
     /// nested walk), starting as low as the paging-structure caches allow and filling them
-    /// after a successful walk. Counting is the memory's business (see `Counted`).
+    /// after a successful walk. Under nested paging the caches are combined ones: they give
+    /// the host-physical address of the next guest table, so a walk started from them
+    /// translates nothing for that table (SDM Vol. 3C §29.4.1). Counting is the memory's
+    /// business (see `Counted`).
     pub fn cached_walk<P: PhysAddr, M: TableMemory<P>>(
         &mut self,
         mem: &mut M,
@@ -112,10 +125,15 @@ impl Vcpu {
         access: Access,
     ) -> WalkOutcome<P, M::Error> {
         let tag = self.tag();
-        let start = match self.psc.as_mut().map(|psc| psc.start(va, tag)) {
-            Some(Some(start)) => {
+        let ep4ta = self.ep4ta;
+        let start = match self.psc.as_mut().map(|psc| psc.lookup(va, tag, ep4ta)) {
+            Some(Some(hit)) => {
                 self.stats.walk_caches.psc_hits += 1;
-                start
+                let table = P::from_raw(hit.table);
+                if hit.host != hit.table {
+                    mem.enter_table(table, hit.host);
+                }
+                WalkStart { table, level: hit.level, rights: hit.rights }
             }
             Some(None) => {
                 self.stats.walk_caches.psc_misses += 1;
@@ -123,12 +141,22 @@ impl Vcpu {
             }
             None => WalkStart::root(root, &self.hw),
         };
-        let psc = &mut self.psc;
-        walk_from(mem, start, va, access, &self.hw, AdPolicy::Update, |step| {
-            if let Some(psc) = psc.as_mut() {
-                psc.fill(va, tag, step);
+        // The upper entries a successful walk used (at most four, with five levels).
+        let mut steps: [Option<TableStep<P>>; 4] = [None; 4];
+        let mut count = 0;
+        let outcome = walk_from(mem, start, va, access, &self.hw, AdPolicy::Update, |step| {
+            if let Some(slot) = steps.get_mut(count) {
+                *slot = Some(step);
+                count += 1;
             }
-        })
+        });
+        if let Some(psc) = self.psc.as_mut() {
+            for step in steps.iter().flatten() {
+                let host = mem.table_host(step.next).unwrap_or(step.next.raw());
+                psc.fill(va, tag, ep4ta, *step, host);
+            }
+        }
+        outcome
     }
 
     /// Drops every TLB and paging-structure-cache entry of this vCPU's VPID, global ones
@@ -137,7 +165,7 @@ impl Vcpu {
         self.tlb.flush_vpid(self.vpid, false);
         let vpid = self.vpid;
         if let Some(psc) = self.psc.as_mut() {
-            psc.flush(|tag| tag.vpid == vpid);
+            psc.flush(|tag, _| tag.vpid == vpid);
         }
     }
 
@@ -231,13 +259,13 @@ impl Vcpu {
             if !cr3.no_flush {
                 self.tlb.flush_pcid(tag);
                 if let Some(psc) = self.psc.as_mut() {
-                    psc.flush(|t| t == tag);
+                    psc.flush(|t, _| t == tag);
                 }
             }
         } else {
             self.tlb.flush_vpid(self.vpid, self.cpu.pge);
             if let Some(psc) = self.psc.as_mut() {
-                psc.flush(|t| t.vpid == tag.vpid);
+                psc.flush(|t, _| t.vpid == tag.vpid);
             }
         }
     }
@@ -249,7 +277,7 @@ impl Vcpu {
         self.tlb.invlpg(va, tag);
         // INVLPG also invalidates paging-structure-cache entries of the current PCID.
         if let Some(psc) = self.psc.as_mut() {
-            psc.flush(|t| t == tag);
+            psc.flush(|t, _| t == tag);
         }
     }
 }

@@ -11,4 +11,4 @@ pub mod walker;
 pub use entry::EptEntry;
 pub use eptp::Eptp;
 pub use qualification::ExitQualification;
-pub use walker::{ept_walk, EptOutcome, NestedAccess};
+pub use walker::{ept_walk, ept_walk_from, EptOutcome, EptStart, NestedAccess};

@@ -34,6 +34,25 @@ pub enum EptOutcome {
     Misconfig(Level),
 }
 
+/// Where an EPT walk begins: at the root, or lower where a guest-physical paging-structure
+/// cache supplied the upper entries (SDM Vol. 3C §29.4.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EptStart {
+    /// The EPT table to read first.
+    pub table: Hpa,
+    /// Its level.
+    pub level: Level,
+    /// The R/W/X rights (bits 2:0) the skipped entries grant together.
+    pub allowed: u64,
+}
+
+impl EptStart {
+    /// A walk from the EPT root `eptp` points at.
+    pub fn root(eptp: Eptp) -> Self {
+        Self { table: eptp.root(), level: eptp.levels().root(), allowed: EptEntry::RWX }
+    }
+}
+
 /// Translates `gpa` for `access` through the EPT `eptp` points at. `phys_bits` is the host's
 /// MAXPHYADDR. With A/D enabled, sets A in every entry used and D in the leaf of a write, once
 /// the walk has succeeded.
@@ -44,17 +63,33 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
     access: NestedAccess,
     phys_bits: u8,
 ) -> EptOutcome {
+    ept_walk_from(mem, eptp, EptStart::root(eptp), gpa, access, phys_bits, |_, _, _| {})
+}
+
+/// [`ept_walk`] from `start`. After a successful walk, `on_table(level, next, allowed)` is told
+/// every non-leaf entry used, top down: its level, the next EPT table, and the rights the
+/// entries down to it grant, so a guest-physical paging-structure cache can keep them.
+pub fn ept_walk_from<M: TableMemory<Hpa, Error = Infallible>>(
+    mem: &mut M,
+    eptp: Eptp,
+    start: EptStart,
+    gpa: Gpa,
+    access: NestedAccess,
+    phys_bits: u8,
+    mut on_table: impl FnMut(Level, Hpa, u64),
+) -> EptOutcome {
     let needed = match access.kind {
         AccessKind::Read => EptEntry::READ,
         AccessKind::Write => EptEntry::WRITE,
         AccessKind::Fetch => EptEntry::EXECUTE,
     };
-    let mut allowed = EptEntry::RWX;
-    // Entries used (address, value), root first; each is one level below the one before.
-    let mut used = [(0u64, 0u64); 5];
+    let mut allowed = start.allowed & EptEntry::RWX;
+    // Entries used (address, value, rights down to it), from the start level; each is one
+    // level below the one before.
+    let mut used = [(0u64, 0u64, 0u64); 5];
     let mut used_len = 0;
-    let mut table = eptp.root().as_u64();
-    let mut level = eptp.levels().root();
+    let mut table = start.table.as_u64() & EptEntry::ADDRESS_MASK;
+    let mut level = start.level;
     let input = gpa.as_u64();
     loop {
         let entry_addr = table | (((input >> level.shift()) & 0x1ff) * 8);
@@ -67,15 +102,17 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
             return EptOutcome::Misconfig(level);
         }
         allowed &= raw;
-        used[used_len] = (entry_addr, raw);
-        used_len += 1;
+        if let Some(slot) = used.get_mut(used_len) {
+            *slot = (entry_addr, raw, allowed);
+            used_len += 1;
+        }
         if entry.is_leaf(level) {
             if allowed & needed == 0 {
                 return EptOutcome::Violation(qualification(access, allowed, eptp));
             }
             if eptp.ad_enabled() {
-                let mut at = eptp.levels().root();
-                for (i, &(addr, value)) in used[..used_len].iter().enumerate() {
+                let mut at = start.level;
+                for (i, &(addr, value, _)) in used[..used_len].iter().enumerate() {
                     let mut new = value | EptEntry::ACCESSED;
                     if i + 1 == used_len && access.kind == AccessKind::Write {
                         new |= EptEntry::DIRTY;
@@ -85,6 +122,11 @@ pub fn ept_walk<M: TableMemory<Hpa, Error = Infallible>>(
                     }
                     at = at.next_lower().unwrap_or(at);
                 }
+            }
+            let mut at = start.level;
+            for &(_, value, so_far) in &used[..used_len.saturating_sub(1)] {
+                on_table(at, Hpa::new(value & EptEntry::ADDRESS_MASK), so_far & EptEntry::RWX);
+                at = at.next_lower().unwrap_or(at);
             }
             let size = level.leaf_size().unwrap_or(PageSize::Size4K);
             let page = raw & EptEntry::ADDRESS_MASK & !(size.bytes() - 1);

@@ -34,4 +34,12 @@ impl<P: PhysAddr, M: TableMemory<P>> TableMemory<P> for Counted<'_, M> {
         self.writes += 1;
         self.inner.write_entry(addr, level, value)
     }
+
+    fn table_host(&self, table: P) -> Option<u64> {
+        self.inner.table_host(table)
+    }
+
+    fn enter_table(&mut self, table: P, host: u64) {
+        self.inner.enter_table(table, host);
+    }
 }

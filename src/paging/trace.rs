@@ -40,4 +40,12 @@ impl<P: PhysAddr, M: TableMemory<P>> TableMemory<P> for Traced<'_, M, P> {
     fn write_entry(&mut self, addr: P, level: Level, value: u64) -> Result<(), Self::Error> {
         self.inner.write_entry(addr, level, value)
     }
+
+    fn table_host(&self, table: P) -> Option<u64> {
+        self.inner.table_host(table)
+    }
+
+    fn enter_table(&mut self, table: P, host: u64) {
+        self.inner.enter_table(table, host);
+    }
 }

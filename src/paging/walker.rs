@@ -25,6 +25,17 @@ pub trait TableMemory<P: PhysAddr> {
 
     /// Writes back an entry whose accessed or dirty bit the walk sets.
     fn write_entry(&mut self, addr: P, level: Level, value: u64) -> Result<(), Self::Error>;
+
+    /// Where the table at `table` lives in host memory, if this memory had to translate it
+    /// during the walk (a guest table under nested paging); `None` when tables are addressed
+    /// as they are stored. A combined paging-structure cache keeps this address.
+    fn table_host(&self, _table: P) -> Option<u64> {
+        None
+    }
+
+    /// The walk starts at `table`, which a combined paging-structure cache says lives at
+    /// `host`: its entries are read there without translating `table` again.
+    fn enter_table(&mut self, _table: P, _host: u64) {}
 }
 
 /// Whether a walk sets accessed/dirty bits (the processor does; an inspecting tool does not).

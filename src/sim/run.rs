@@ -335,6 +335,7 @@ fn run_with<M: Mode>(
     for (mode, vpid) in modes {
         let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
         machine.vcpu.hw = machine.mode.hardware_cpu(config.cpu);
+        machine.vcpu.ep4ta = machine.mode.ep4ta();
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }

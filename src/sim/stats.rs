@@ -187,7 +187,8 @@ impl Stats {
         let (t, u) = (&mut self.tlb, &o.tlb);
         add_counts!(t, u; l1_hits, l2_hits, misses);
         let (w, x) = (&mut self.walk_caches, &o.walk_caches);
-        add_counts!(w, x; psc_hits, psc_misses, nested_tlb_hits, nested_tlb_misses);
+        add_counts!(w, x; psc_hits, psc_misses, nested_tlb_hits, nested_tlb_misses, nested_psc_hits,
+            nested_psc_misses);
         let (e, f) = (&mut self.vm_exits, &o.vm_exits);
         add_counts!(e, f; total, cr3_write, invlpg, page_fault, pt_write, ept_violation, ept_misconfig, mmio);
         let (p, q) = (&mut self.page_table_bytes, &o.page_table_bytes);

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::addr::{Gpa, Gva, Hpa, Level, PageSize};
-use crate::paging::{Rights, TableStep, WalkStart};
+use crate::paging::{Rights, TableStep};
 use crate::tlb::lru::LruSets;
 use crate::tlb::TlbTag;
 
@@ -25,9 +25,31 @@ pub struct WalkCacheStats {
     pub nested_tlb_hits: u64,
     /// Nested translations that needed a nested walk.
     pub nested_tlb_misses: u64,
+    /// Nested walks that started below the nested root thanks to a guest-physical
+    /// paging-structure cache.
+    pub nested_psc_hits: u64,
+    /// Nested walks that started at the nested root.
+    pub nested_psc_misses: u64,
 }
 
-type Entry = (u64, Rights);
+/// What a paging-structure-cache entry holds: the next table's address as the walk uses it,
+/// where that table lives in host memory (the same under native and shadow paging; under
+/// nested paging, the host-physical address the guest table's guest-physical address
+/// translated to: a *combined* paging-structure-cache entry, SDM Vol. 3C §29.4.1), the
+/// rights of the entries above it, and the EPT root it was made under (0 without EPT).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CachedTable {
+    /// The next table, as the walker addresses it (a GPA under nested paging).
+    pub table: u64,
+    /// Where it lives in host memory.
+    pub host: u64,
+    /// The level of that table.
+    pub level: Level,
+    /// The rights the entries above it grant.
+    pub rights: Rights,
+    /// The EPT root (EP4TA) of the combined mapping; 0 for a linear mapping.
+    pub ep4ta: u64,
+}
 
 /// A cache key: the tag and the address bits above the cached level in one word (VPID in bits
 /// 63:48, the 12-bit PCID in 47:36, the prefix — at most 36 bits, a PDE's under LA57 — below),
@@ -43,13 +65,13 @@ fn tag_of(key: u64) -> TlbTag {
     TlbTag { vpid: (key >> 48) as u16, pcid: (key >> 36 & 0xfff) as u16 }
 }
 
-/// PML4E, PDPTE and PDE caches. Table addresses are kept raw: the walker that uses them
-/// knows its address space (GPA for a guest walk under nested paging, HPA otherwise).
+/// PML4E, PDPTE and PDE caches, tagged by VPID and PCID and, for combined mappings, the EPT
+/// root (SDM Vol. 3A §4.10.3, Vol. 3C §29.4.1).
 #[derive(Clone, Debug)]
 pub struct PagingStructureCache {
-    pml4e: LruSets<u64, Entry>,
-    pdpte: LruSets<u64, Entry>,
-    pde: LruSets<u64, Entry>,
+    pml4e: LruSets<u64, CachedTable>,
+    pdpte: LruSets<u64, CachedTable>,
+    pde: LruSets<u64, CachedTable>,
 }
 
 impl Default for PagingStructureCache {
@@ -59,57 +81,134 @@ impl Default for PagingStructureCache {
     }
 }
 
+/// The bits of `va` above `shift` (the prefix a cache entry of that level covers).
+fn prefix(va: Gva, shift: u32) -> u64 {
+    va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1)
+}
+
 impl PagingStructureCache {
-    /// The lowest point a walk of `va` can start from, if any cache holds it.
-    pub fn lookup(&mut self, va: Gva, tag: TlbTag) -> Option<(u64, Level, Rights)> {
-        let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
-        if let Some((table, rights)) = self.pde.get(prefix(21), key(tag, prefix(21))) {
-            return Some((table, Level::Pt, rights));
-        }
-        if let Some((table, rights)) = self.pdpte.get(prefix(30), key(tag, prefix(30))) {
-            return Some((table, Level::Pd, rights));
-        }
-        if let Some((table, rights)) = self.pml4e.get(prefix(39), key(tag, prefix(39))) {
-            return Some((table, Level::Pdpt, rights));
+    /// The lowest table a walk of `va` can start from under EPT root `ep4ta` (0 without
+    /// EPT), if any cache holds it: the PDE cache first, then PDPTE, then PML4E.
+    pub fn lookup(&mut self, va: Gva, tag: TlbTag, ep4ta: u64) -> Option<CachedTable> {
+        let current = |entry: &CachedTable| entry.ep4ta == ep4ta;
+        for (cache, shift) in [(&mut self.pde, 21), (&mut self.pdpte, 30), (&mut self.pml4e, 39)] {
+            if let Some(entry) = cache.get(prefix(va, shift), key(tag, prefix(va, shift))).filter(current) {
+                return Some(entry);
+            }
         }
         None
     }
 
-    /// The walk start for `va`, as a typed [`WalkStart`], if a cache holds one.
-    pub fn start<P: crate::addr::PhysAddr>(&mut self, va: Gva, tag: TlbTag) -> Option<WalkStart<P>> {
-        self.lookup(va, tag).map(|(table, level, rights)| WalkStart {
-            table: P::from_raw(table),
-            level,
-            rights,
-        })
-    }
-
-    /// Keeps a non-leaf entry a successful walk of `va` used.
-    pub fn fill<P: crate::addr::PhysAddr>(&mut self, va: Gva, tag: TlbTag, step: TableStep<P>) {
-        let prefix = |shift: u32| va.as_u64() >> shift & ((1u64 << (57 - shift)) - 1);
-        let value = (step.next.raw(), step.rights);
-        match step.level {
-            Level::Pd => self.pde.insert(prefix(21), key(tag, prefix(21)), value),
-            Level::Pdpt => self.pdpte.insert(prefix(30), key(tag, prefix(30)), value),
-            Level::Pml4 => self.pml4e.insert(prefix(39), key(tag, prefix(39)), value),
+    /// Keeps a non-leaf entry a successful walk of `va` used, with where its next table lives
+    /// in host memory.
+    pub fn fill<P: crate::addr::PhysAddr>(
+        &mut self,
+        va: Gva,
+        tag: TlbTag,
+        ep4ta: u64,
+        step: TableStep<P>,
+        host: u64,
+    ) {
+        let Some(level) = step.level.next_lower() else { return };
+        let value = CachedTable { table: step.next.raw(), host, level, rights: step.rights, ep4ta };
+        let (cache, shift) = match step.level {
+            Level::Pd => (&mut self.pde, 21),
+            Level::Pdpt => (&mut self.pdpte, 30),
+            Level::Pml4 => (&mut self.pml4e, 39),
             // A PML5E cache is not modelled; the PML4E cache covers 5-level walks' upper bits.
-            Level::Pml5 | Level::Pt => {}
-        }
+            Level::Pml5 | Level::Pt => return,
+        };
+        cache.insert(prefix(va, shift), key(tag, prefix(va, shift)), value);
     }
 
-    /// Drops every entry `drop` selects.
-    pub fn flush(&mut self, mut drop: impl FnMut(TlbTag) -> bool) {
-        self.pml4e.retain(|key, _| !drop(tag_of(*key)));
-        self.pdpte.retain(|key, _| !drop(tag_of(*key)));
-        self.pde.retain(|key, _| !drop(tag_of(*key)));
+    /// Drops every entry `drop` selects by its tag and EPT root.
+    pub fn flush(&mut self, mut drop: impl FnMut(TlbTag, u64) -> bool) {
+        for cache in [&mut self.pml4e, &mut self.pdpte, &mut self.pde] {
+            cache.retain(|key, entry| !drop(tag_of(*key), entry.ep4ta));
+        }
     }
 }
 
-/// The nested TLB: guest-physical 4 KiB pages to host-physical pages (with the size of the
-/// nested page they belong to), tagged by VPID.
+/// Guest-physical paging-structure caches: the nested dimension's PML4E, PDPTE and PDE caches
+/// (EPT's, SDM Vol. 3C §29.4.1 "guest-physical mappings"; for NPT, the nested page walk cache
+/// of Bhargava et al., ASPLOS 2008), tagged by the nested root (EP4TA). Each maps the upper
+/// bits of a guest-physical address to the host-physical address of the next nested table and
+/// the rights above it, so a nested-TLB miss walks from there instead of the root.
+///
+/// Invalidation contract: guest-physical mappings survive guest CR3 loads, INVLPG and
+/// INVVPID; only INVEPT (or whoever changes the nested tables) removes them.
+#[derive(Clone, Debug)]
+pub struct NestedPagingStructureCache {
+    pml4e: LruSets<(u64, u64), NestedCached>,
+    pdpte: LruSets<(u64, u64), NestedCached>,
+    pde: LruSets<(u64, u64), NestedCached>,
+}
+
+/// A guest-physical paging-structure-cache entry: the next nested table, its level, and the
+/// rights above it in the nested format's encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct NestedCached {
+    /// The next nested table.
+    pub table: Hpa,
+    /// Its level.
+    pub level: Level,
+    /// The rights of the entries above it.
+    pub perms: u64,
+}
+
+impl Default for NestedPagingStructureCache {
+    /// The same sizes as the linear paging-structure caches (4, 4 and 32 entries): the
+    /// manuals give none, and published designs size the nested dimension's alike.
+    fn default() -> Self {
+        Self { pml4e: LruSets::new(4, 4), pdpte: LruSets::new(4, 4), pde: LruSets::new(32, 4) }
+    }
+}
+
+impl NestedPagingStructureCache {
+    /// The lowest nested table a walk of `gpa` under `ep4ta` can start from, if cached.
+    pub fn lookup(&mut self, ep4ta: u64, gpa: Gpa) -> Option<NestedCached> {
+        let raw = gpa.as_u64();
+        for (cache, shift) in [(&mut self.pde, 21), (&mut self.pdpte, 30), (&mut self.pml4e, 39)] {
+            let prefix = raw >> shift;
+            if let Some(found) = cache.get(prefix, (ep4ta, prefix)) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Keeps the non-leaf nested entry at `level` a successful walk of `gpa` used.
+    pub fn fill(&mut self, ep4ta: u64, gpa: Gpa, level: Level, next: Hpa, perms: u64) {
+        let Some(lower) = level.next_lower() else { return };
+        let (cache, shift) = match level {
+            Level::Pd => (&mut self.pde, 21),
+            Level::Pdpt => (&mut self.pdpte, 30),
+            Level::Pml4 => (&mut self.pml4e, 39),
+            Level::Pml5 | Level::Pt => return,
+        };
+        let prefix = gpa.as_u64() >> shift;
+        cache.insert(prefix, (ep4ta, prefix), NestedCached { table: next, level: lower, perms });
+    }
+
+    /// Drops every entry `drop` selects by its nested root.
+    pub fn flush(&mut self, mut drop: impl FnMut(u64) -> bool) {
+        for cache in [&mut self.pml4e, &mut self.pdpte, &mut self.pde] {
+            cache.retain(|(ep4ta, _), _| !drop(*ep4ta));
+        }
+    }
+}
+
+/// The nested TLB: guest-physical mappings (SDM Vol. 3C §29.4.1), guest-physical 4 KiB pages
+/// to host-physical pages (with the size of the nested page they belong to), tagged by the
+/// nested root (EP4TA), not the VPID: a guest-physical mapping belongs to the EPT, whoever
+/// uses it. Each entry remembers whether the nested leaf was dirty, so a write through a
+/// mapping a read filled walks again to set D, as a TLB entry does for a clean page.
+///
+/// Invalidation contract: guest CR3 loads, INVLPG and INVVPID leave it alone; INVEPT, or
+/// whoever changes the nested tables, flushes it.
 #[derive(Clone, Debug)]
 pub struct NestedTlb {
-    entries: LruSets<(u16, u64), (u64, PageSize)>,
+    entries: LruSets<(u64, u64), (u64, PageSize, bool)>,
 }
 
 impl Default for NestedTlb {
@@ -120,24 +219,26 @@ impl Default for NestedTlb {
 }
 
 impl NestedTlb {
-    /// The host-physical address of `gpa`, and the nested page size, if cached.
+    /// The host-physical address of `gpa` under `ep4ta`, and the nested page size, if cached
+    /// and usable for the access (a write needs an entry made dirty).
     #[inline]
-    pub fn lookup(&mut self, vpid: u16, gpa: Gpa) -> Option<(Hpa, PageSize)> {
+    pub fn lookup(&mut self, ep4ta: u64, gpa: Gpa, write: bool) -> Option<(Hpa, PageSize)> {
         let gfn = gpa.frame().number();
         self.entries
-            .get(gfn, (vpid, gfn))
-            .map(|(page, size)| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), size))
+            .get(gfn, (ep4ta, gfn))
+            .filter(|&(_, _, dirty)| dirty || !write)
+            .map(|(page, size, _)| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), size))
     }
 
-    /// Remembers that `gpa` translates to `hpa` through a nested page of `size`.
-    pub fn insert(&mut self, vpid: u16, gpa: Gpa, hpa: Hpa, size: PageSize) {
+    /// Remembers that `gpa` translates to `hpa` through a nested page of `size`, dirty or not.
+    pub fn insert(&mut self, ep4ta: u64, gpa: Gpa, hpa: Hpa, size: PageSize, dirty: bool) {
         let gfn = gpa.frame().number();
-        self.entries.insert(gfn, (vpid, gfn), (hpa.as_u64() & !0xfff, size));
+        self.entries.insert(gfn, (ep4ta, gfn), (hpa.as_u64() & !0xfff, size, dirty));
     }
 
-    /// Drops every entry of `vpid`.
-    pub fn flush_vpid(&mut self, vpid: u16) {
-        self.entries.retain(|(v, _), _| *v != vpid);
+    /// Drops every entry `drop` selects by its nested root.
+    pub fn flush(&mut self, mut drop: impl FnMut(u64) -> bool) {
+        self.entries.retain(|(ep4ta, _), _| !drop(*ep4ta));
     }
 }
 
@@ -170,10 +271,14 @@ mod tests {
         let va = Gva::new_truncate(0x7fff_ffe0_0000);
         let (a, b) = (TlbTag { vpid: 1, pcid: 5 }, TlbTag { vpid: 1, pcid: 6 });
         let step = TableStep { level: Level::Pd, next: Hpa::new(0x5000), rights: Rights::ALL };
-        psc.fill(va, a, step);
-        assert_eq!(psc.lookup(va, a), Some((0x5000, Level::Pt, Rights::ALL)));
-        assert_eq!(psc.lookup(va, b), None);
-        psc.flush(|tag| tag == a);
-        assert_eq!(psc.lookup(va, a), None);
+        psc.fill(va, a, 0, step, 0x5000);
+        let found = psc.lookup(va, a, 0).expect("filled");
+        assert_eq!(
+            (found.table, found.host, found.level, found.rights),
+            (0x5000, 0x5000, Level::Pt, Rights::ALL)
+        );
+        assert_eq!(psc.lookup(va, b, 0), None);
+        psc.flush(|tag, _| tag == a);
+        assert_eq!(psc.lookup(va, a, 0), None);
     }
 }

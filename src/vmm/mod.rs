@@ -53,6 +53,12 @@ pub trait Mode {
         guest
     }
 
+    /// The root of the nested tables the guest runs under (EPTP's EP4TA, or nCR3), which tags
+    /// combined and guest-physical mappings in the vCPU's caches; 0 without nested paging.
+    fn ep4ta(&self) -> u64 {
+        0
+    }
+
     /// The guest kernel reads a word of its physical memory (not a page walk).
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64;
 

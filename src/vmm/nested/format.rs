@@ -4,10 +4,13 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 
-use crate::addr::{Gpa, Gva, Hpa, PageSize, PagingLevels};
-use crate::ept::{ept_walk, EptEntry, EptOutcome, Eptp, ExitQualification, NestedAccess};
+use crate::addr::{Gpa, Gva, Hpa, Level, PageSize, PagingLevels};
+use crate::ept::{ept_walk_from, EptEntry, EptOutcome, EptStart, Eptp, ExitQualification, NestedAccess};
 use crate::paging::builder::EntryFormat;
-use crate::paging::{walk, Access, AccessKind, AdPolicy, CpuState, Privilege, Pte, TableMemory, WalkOutcome};
+use crate::paging::{
+    walk_from, Access, AccessKind, AdPolicy, CpuState, Privilege, Pte, Rights, TableMemory, WalkOutcome,
+    WalkStart,
+};
 
 /// Why a nested translation failed: the VM exit it causes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -57,7 +60,41 @@ pub trait NestedFormat {
         root: Hpa,
         gpa: Gpa,
         access: NestedAccess,
+    ) -> NestedOutcome {
+        self.translate_from(mem, self.root_start(root), gpa, access, &mut |_, _, _| {})
+    }
+
+    /// The bit of a nested leaf that says the page was written, or 0 where writes are not
+    /// tracked (EPT with A/D flags off): every cached mapping then serves writes.
+    fn dirty_bit(&self) -> u64;
+
+    /// Where a walk of the nested tables at `root` begins with nothing cached.
+    fn root_start(&self, root: Hpa) -> NestedStart;
+
+    /// [`NestedFormat::translate`] from `start` (a root, or what a guest-physical
+    /// paging-structure cache supplied). After a successful walk, `on_table(level, next,
+    /// perms)` is told every non-leaf entry used, top down, so such a cache can keep them.
+    fn translate_from<M: TableMemory<Hpa, Error = Infallible>>(
+        &self,
+        mem: &mut M,
+        start: NestedStart,
+        gpa: Gpa,
+        access: NestedAccess,
+        on_table: &mut dyn FnMut(Level, Hpa, u64),
     ) -> NestedOutcome;
+}
+
+/// Where a nested walk begins: the table to read first, its level, and the rights the entries
+/// above it grant in the format's own encoding (EPT's R/W/X bits; for NPT, W in bit 1, U in
+/// bit 2 and NX in bit 63, as in an entry).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct NestedStart {
+    /// The nested table to read first.
+    pub table: Hpa,
+    /// Its level.
+    pub level: Level,
+    /// The rights of the entries above it.
+    pub perms: u64,
 }
 
 /// Intel EPT.
@@ -96,14 +133,29 @@ impl NestedFormat for Ept {
             AccessKind::Read
         }
     }
-    fn translate<M: TableMemory<Hpa, Error = Infallible>>(
+    fn root_start(&self, root: Hpa) -> NestedStart {
+        NestedStart { table: root, level: self.levels.root(), perms: EptEntry::RWX }
+    }
+
+    fn dirty_bit(&self) -> u64 {
+        if self.ad {
+            EptEntry::DIRTY
+        } else {
+            0
+        }
+    }
+
+    fn translate_from<M: TableMemory<Hpa, Error = Infallible>>(
         &self,
         mem: &mut M,
-        root: Hpa,
+        start: NestedStart,
         gpa: Gpa,
         access: NestedAccess,
+        on_table: &mut dyn FnMut(Level, Hpa, u64),
     ) -> NestedOutcome {
-        match ept_walk(mem, Eptp::new(root, self.levels, self.ad), gpa, access, self.phys_bits) {
+        let eptp = Eptp::new(start.table, self.levels, self.ad);
+        let from = EptStart { table: start.table, level: start.level, allowed: start.perms };
+        match ept_walk_from(mem, eptp, from, gpa, access, self.phys_bits, on_table) {
             EptOutcome::Mapped { page, size } => NestedOutcome::Mapped { page, size },
             EptOutcome::Violation(q) => NestedOutcome::Fault(NestedFault::EptViolation(q)),
             EptOutcome::Misconfig(_) => NestedOutcome::Fault(NestedFault::EptMisconfig),
@@ -164,12 +216,21 @@ impl NestedFormat for Npt {
     fn guest_table_access(&self) -> AccessKind {
         AccessKind::Write
     }
-    fn translate<M: TableMemory<Hpa, Error = Infallible>>(
+    fn root_start(&self, root: Hpa) -> NestedStart {
+        NestedStart { table: root, level: self.levels.root(), perms: rights_bits(Rights::ALL) }
+    }
+
+    fn dirty_bit(&self) -> u64 {
+        Pte::DIRTY
+    }
+
+    fn translate_from<M: TableMemory<Hpa, Error = Infallible>>(
         &self,
         mem: &mut M,
-        root: Hpa,
+        start: NestedStart,
         gpa: Gpa,
         access: NestedAccess,
+        on_table: &mut dyn FnMut(Level, Hpa, u64),
     ) -> NestedOutcome {
         let place = if access.final_translation { NPF_FINAL_ADDRESS } else { NPF_GUEST_TABLE };
         // The nested table's input is the guest-physical address, walked like a linear one. A
@@ -186,7 +247,12 @@ impl NestedFormat for Npt {
         #[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)]
         let input = Gva::new_truncate((((raw << shift) as i64) >> shift) as u64);
         let nested_access = Access::new(access.kind, Privilege::User);
-        match walk(mem, root, input, nested_access, &self.host_cpu(), AdPolicy::Update) {
+        let from = WalkStart { table: start.table, level: start.level, rights: rights_of(start.perms) };
+        let cpu = self.host_cpu();
+        let outcome = walk_from(mem, from, input, nested_access, &cpu, AdPolicy::Update, |step| {
+            on_table(step.level, step.next, rights_bits(step.rights));
+        });
+        match outcome {
             WalkOutcome::Mapped(t) => NestedOutcome::Mapped { page: t.page, size: t.size },
             WalkOutcome::PageFault(fault) => {
                 NestedOutcome::Fault(NestedFault::NestedPageFault(u64::from(fault.code.bits()) | place))
@@ -197,5 +263,29 @@ impl NestedFormat for Npt {
             }
             WalkOutcome::Memory(never) => match never {},
         }
+    }
+}
+
+/// NPT rights as entry bits (W in bit 1, U in bit 2, NX in bit 63), for [`NestedStart`].
+fn rights_bits(rights: Rights) -> u64 {
+    let mut bits = 0;
+    if rights.writable {
+        bits |= Pte::WRITABLE;
+    }
+    if rights.user {
+        bits |= Pte::USER;
+    }
+    if rights.no_execute {
+        bits |= Pte::NO_EXECUTE;
+    }
+    bits
+}
+
+/// The reverse of [`rights_bits`].
+fn rights_of(bits: u64) -> Rights {
+    Rights {
+        writable: bits & Pte::WRITABLE != 0,
+        user: bits & Pte::USER != 0,
+        no_execute: bits & Pte::NO_EXECUTE != 0,
     }
 }

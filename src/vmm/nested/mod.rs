@@ -200,6 +200,10 @@ impl<F: NestedFormat> Mode for Nested<F> {
         memory.touch(&touches);
     }
 
+    fn ep4ta(&self) -> u64 {
+        self.root.as_u64()
+    }
+
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64 {
         match self.kernel_access(gpa, &mut vcpu.stats) {
             Some(hpa) => self.host.memory.read_u64(hpa),
@@ -267,6 +271,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
 
     fn translate(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Resolved {
         let mut nested_tlb = vcpu.nested_tlb.take();
+        let mut nested_psc = vcpu.nested_psc.take();
         let mut result = Resolved::Emulated;
         for attempt in 0..MAX_EXITS_PER_WALK {
             if attempt > 0 {
@@ -280,6 +285,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
                 nested_tlb.as_mut(),
                 vcpu.vpid,
             );
+            view.nested_psc = nested_psc.as_mut();
             let root = vcpu.cr3.root;
             let outcome = vcpu.cached_walk(&mut view, root, va, access);
             let exit = match outcome {
@@ -315,6 +321,8 @@ impl<F: NestedFormat> Mode for Nested<F> {
             stats.walk_refs_nested += view.nested_refs;
             stats.walk_caches.nested_tlb_hits += view.nested_tlb_hits;
             stats.walk_caches.nested_tlb_misses += view.nested_tlb_misses;
+            stats.walk_caches.nested_psc_hits += view.nested_psc_hits;
+            stats.walk_caches.nested_psc_misses += view.nested_psc_misses;
             stats.record_walk(refs, view.ad_writes);
             match exit {
                 None => break,
@@ -327,6 +335,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
             }
         }
         vcpu.nested_tlb = nested_tlb;
+        vcpu.nested_psc = nested_psc;
         result
     }
 
