@@ -8,6 +8,8 @@
 
 pub mod format;
 pub mod guest_view;
+#[cfg(test)]
+mod tests;
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa, PageSize, PAGE_BYTES};
 use crate::ept::NestedAccess;
