@@ -231,6 +231,10 @@ struct MachineArgs {
     /// Associativity of the single TLB level (needs --tlb-entries; N/W sets).
     #[arg(long, value_name = "W", requires = "tlb_entries")]
     tlb_ways: Option<usize>,
+    /// The single TLB level caches large pages as the 4 KiB pieces accesses touch, as a TLB
+    /// for 4 KiB pages only would (by default each 2 MiB or 1 GiB page is one entry).
+    #[arg(long, requires = "tlb_entries")]
+    tlb_split_large: bool,
     /// Guest paging levels: 4 (48-bit addresses) or 5 (LA57).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
     guest_levels: u8,
@@ -393,7 +397,7 @@ impl MachineArgs {
                     "--tlb-entries {entries} --tlb-ways {ways}: entries must be a positive multiple of ways"
                 ));
             }
-            config.tlb = TlbConfig::Single { entries, ways };
+            config.tlb = TlbConfig::Single { entries, ways, split_large: self.tlb_split_large };
         }
         Ok(config)
     }

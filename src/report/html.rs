@@ -175,7 +175,10 @@ fn on_off(flag: bool) -> &'static str {
 fn describe_config(config: &SimConfig) -> String {
     let tlb = match config.tlb {
         TlbConfig::Hierarchy => "L1i/L1d + L2 hierarchy".to_string(),
-        TlbConfig::Single { entries, ways } => format!("one LRU level of {entries} entries, {ways}-way"),
+        TlbConfig::Single { entries, ways, split_large } => format!(
+            "one LRU level of {entries} entries, {ways}-way{}",
+            if split_large { ", large pages split into 4 KiB entries" } else { "" }
+        ),
     };
     format!(
         "{}-level guest paging over {}-level EPT/NPT; guest pages {}, host pages {}; TLB {tlb}; paging-structure caches and nested TLB {}; EPT A/D flags {}; shadow unsync {}, at most {} shadow pages; guest RAM {}; seed {}; verification {}.",

@@ -14,13 +14,17 @@ pub enum TlbConfig {
     /// L2 (4K and 2M: 1536 entries 12-way; 1G: 16 entries 4-way) — Intel Ice Lake's sizes.
     Hierarchy,
     /// Exactly one unified LRU level of `entries` entries, `ways`-way (entries / ways sets,
-    /// set = virtual page number mod sets), one entry per 4 KiB page translation: large pages
-    /// are split into 4 KiB entries. Results can be checked exactly against any LRU model.
+    /// set = page number mod sets, where a page of any size is one entry numbered by its
+    /// size), as a unified second-level TLB holds 4 KiB and 2 MiB pages side by side. With
+    /// `split_large`, large pages are split into 4 KiB entries instead (a TLB that holds 4 KiB
+    /// pages only). Results can be checked exactly against any LRU model.
     Single {
         /// Total entries.
         entries: usize,
         /// Associativity.
         ways: usize,
+        /// Large pages are cached as the 4 KiB pieces the accesses touch.
+        split_large: bool,
     },
 }
 
@@ -32,6 +36,8 @@ struct Level {
     g1: Option<TlbArray>,
     /// The 2 MiB entries live in the 4 KiB array (a unified STLB).
     m2_in_k4: bool,
+    /// The 1 GiB entries live there too (the single exact level).
+    g1_in_k4: bool,
 }
 
 impl Level {
@@ -40,6 +46,7 @@ impl Level {
             PageSize::Size4K => self.k4.as_mut(),
             PageSize::Size2M if self.m2_in_k4 => self.k4.as_mut(),
             PageSize::Size2M => self.m2.as_mut(),
+            PageSize::Size1G if self.g1_in_k4 => self.k4.as_mut(),
             PageSize::Size1G => self.g1.as_mut(),
         }
     }
@@ -140,16 +147,21 @@ impl Tlb {
         let array = |entries: usize, ways: usize| Some(TlbArray::new(entries / ways, ways));
         match config {
             TlbConfig::Hierarchy => Self {
-                l1i: Level { k4: array(128, 8), m2: array(8, 8), g1: None, m2_in_k4: false },
-                l1d: Level { k4: array(64, 4), m2: array(32, 4), g1: array(4, 4), m2_in_k4: false },
-                l2: Level { k4: array(1536, 12), m2: None, g1: array(16, 4), m2_in_k4: true },
+                l1i: Level { k4: array(128, 8), m2: array(8, 8), ..Level::default() },
+                l1d: Level { k4: array(64, 4), m2: array(32, 4), g1: array(4, 4), ..Level::default() },
+                l2: Level { k4: array(1536, 12), g1: array(16, 4), m2_in_k4: true, ..Level::default() },
                 single: false,
                 stats: TlbLevelStats::default(),
             },
-            TlbConfig::Single { entries, ways } => Self {
+            TlbConfig::Single { entries, ways, split_large } => Self {
                 l1i: Level::default(),
                 l1d: Level::default(),
-                l2: Level { k4: array(entries, ways), ..Level::default() },
+                l2: Level {
+                    k4: array(entries, ways),
+                    m2_in_k4: !split_large,
+                    g1_in_k4: !split_large,
+                    ..Level::default()
+                },
                 single: true,
                 stats: TlbLevelStats::default(),
             },
@@ -306,8 +318,22 @@ mod tests {
     }
 
     #[test]
-    fn single_level_splits_large_pages_into_4k_entries() {
-        let mut tlb = Tlb::new(TlbConfig::Single { entries: 8, ways: 2 });
+    fn single_level_holds_a_large_page_as_one_entry() {
+        let mut tlb = Tlb::new(TlbConfig::Single { entries: 8, ways: 2, split_large: false });
+        let tag = TlbTag::default();
+        let va = Gva::new_truncate(0x20_3000);
+        tlb.insert(entry(0x20_0000, PageSize::Size2M, tag, false), va, false);
+        let hit = tlb.lookup(va, false, tag).expect("hit");
+        assert_eq!(hit.entry.size, PageSize::Size2M);
+        assert_eq!(hit.entry.translate(va), Hpa::new(0x4000_3000));
+        // Every 4K page of the large page hits the one entry.
+        assert!(tlb.lookup(Gva::new_truncate(0x3f_f000), false, tag).is_some());
+        assert_eq!(tlb.occupancy(), 1);
+    }
+
+    #[test]
+    fn single_level_splits_large_pages_into_4k_entries_when_asked() {
+        let mut tlb = Tlb::new(TlbConfig::Single { entries: 8, ways: 2, split_large: true });
         let tag = TlbTag::default();
         let va = Gva::new_truncate(0x20_3000);
         tlb.insert(entry(0x20_0000, PageSize::Size2M, tag, false), va, false);
@@ -351,7 +377,7 @@ mod tests {
         use crate::workload::rng::Rng;
         for (seed, config) in [
             (1, TlbConfig::Hierarchy),
-            (2, TlbConfig::Single { entries: 16, ways: 4 }),
+            (2, TlbConfig::Single { entries: 16, ways: 4, split_large: false }),
             (3, TlbConfig::Hierarchy),
         ] {
             let mut rng = Rng::new(seed);
