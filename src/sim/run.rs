@@ -512,16 +512,13 @@ fn run_slice<M: Mode>(
                     break;
                 }
                 recent.forget();
-                if let Op::KernelAccess { pid, va, kind, size } = *op {
-                    kernel_access(guest, verifier, pid, va, kind, size)?;
+                if other_op(guest, verifier, *op)? {
                     done += 1;
                     if done == budget {
                         stop = Some(SliceEnd::Budget);
                         break;
                     }
-                    continue;
                 }
-                apply(&mut guest.machine, &mut guest.kernel, *op)?;
                 continue;
             };
             used += 1;
@@ -570,10 +567,22 @@ fn general_access<M: Mode>(
     Ok(())
 }
 
+/// An operation of the run loop other than a process's own access or the start of measuring;
+/// returns whether it was an access (a kernel access counts as one). Out of line: the loop's
+/// common path is a process's access.
+#[inline(never)]
+fn other_op<M: Mode>(guest: &mut Guest<M>, verifier: &mut Verifier, op: Op) -> Result<bool, SimError> {
+    if let Op::KernelAccess { pid, va, kind, size } = op {
+        kernel_access(guest, verifier, pid, va, kind, size)?;
+        return Ok(true);
+    }
+    apply(&mut guest.machine, &mut guest.kernel, op)?;
+    Ok(false)
+}
+
 /// An access the guest kernel makes to a process's memory on its behalf: at CPL 0, with
 /// EFLAGS.AC set for its duration (STAC ... CLAC, as `copy_to_user` does), so SMAP lets it
 /// through. Every page goes through the general path.
-#[inline(never)]
 fn kernel_access<M: Mode>(
     guest: &mut Guest<M>,
     verifier: &mut Verifier,
