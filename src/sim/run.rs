@@ -646,17 +646,21 @@ fn access<M: Mode>(
     if within_one_page(va, size) {
         return access_page(machine, kernel, verifier, pid, va, access);
     }
-    let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
+    // The access's last byte, or `None` when its bytes run past 2^64: the pages below the top
+    // of the address space are translated, and the rest counts as a #GP, as past the canonical
+    // boundary (the page loop must not compare saturated addresses, which never pass the end).
+    let last = va.as_u64().checked_add(u64::from(size.max(1)) - 1);
     let mut page = va;
     loop {
         access_page(machine, kernel, verifier, pid, page, access)?;
-        let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
-        if next > last {
+        let number = page.as_u64() / PAGE_BYTES;
+        if last.is_some_and(|last| number >= last / PAGE_BYTES) {
             return Ok(());
         }
-        match Gva::try_new(next) {
-            Ok(va) => page = va,
-            Err(_) => {
+        let next = number.checked_add(1).and_then(|n| n.checked_mul(PAGE_BYTES)).map(Gva::try_new);
+        match next {
+            Some(Ok(va)) => page = va,
+            Some(Err(_)) | None => {
                 machine.vcpu.stats.general_protection += 1;
                 return Ok(());
             }
