@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use cli::console::{note, noteln, out, outln};
 use memvirt::addr::{Gva, PageSize, PagingLevels};
 use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::compare::WorkloadFactory;
@@ -18,6 +19,8 @@ use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::Workload;
+
+mod cli;
 
 /// The scenario used when neither --workload nor --trace is given.
 const DEFAULT_WORKLOAD: &str = "mixed";
@@ -294,7 +297,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
             if seen.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\nmemvirt: interrupted; finishing with the results so far (Ctrl-C again to quit)");
+            noteln!("\nmemvirt: interrupted; finishing with the results so far (Ctrl-C again to quit)");
         });
         flag
     })
@@ -411,12 +414,12 @@ fn run(args: &RunArgs) -> Result<(), String> {
             map.insert("workload".into(), description);
             map.insert("config".into(), serde_json::to_value(&config).map_err(|e| e.to_string())?);
         }
-        println!("{object}");
+        outln!("{object}")?;
     } else {
-        print!("{}", memvirt::report::run_table(&report));
+        out!("{}", memvirt::report::run_table(&report))?;
     }
     if let Some(first) = &report.verification.first_mismatch {
-        eprintln!("memvirt: isolation check failed: {}", describe(Some(first)));
+        noteln!("memvirt: isolation check failed: {}", describe(Some(first)));
         std::process::exit(3);
     }
     Ok(())
@@ -450,16 +453,16 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
             "mismatch": comparison.mismatch,
             "modes": comparison.reports,
         });
-        println!("{object}");
+        outln!("{object}")?;
     } else {
-        print!("{}", memvirt::report::comparison_table(&comparison));
+        out!("{}", memvirt::report::comparison_table(&comparison))?;
         let c = &config.cost;
-        println!(
+        outln!(
             "cycles from: access {} + L1 TLB hit {} + L2 TLB hit {} + walk reference {} + A/D write {} + guest page fault {} + VM exit {} (--cost FILE to change)",
             c.access, c.tlb_l1_hit, c.tlb_l2_hit, c.walk_ref, c.ad_write, c.guest_page_fault, c.vm_exit
-        );
+        )?;
         if comparison.verify && comparison.verified {
-            println!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA");
+            outln!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA")?;
         }
     }
     if let Some(path) = &args.csv {
@@ -470,7 +473,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
         write_atomically(path, html.as_bytes())?;
     }
     if let Some(mismatch) = &comparison.mismatch {
-        eprintln!(
+        noteln!(
             "memvirt: verification failed: {} and {} disagree
   {}: {}
   {}: {}",
@@ -484,7 +487,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     }
     for report in &comparison.reports {
         if let Some(first) = &report.verification.first_mismatch {
-            eprintln!(
+            noteln!(
                 "memvirt: verification failed in {}: the hardware path used a different HPA than GVA -> GPA -> HVA -> HPA
   {}",
                 report.mode,
@@ -532,12 +535,12 @@ fn show_progress(modes: &[ModeName], progress: &[AtomicU64], done: &AtomicBool) 
                 .zip(progress)
                 .map(|(mode, count)| format!("{mode} {}k", count.load(Ordering::Relaxed) / 1000))
                 .collect();
-            eprint!("\r\x1b[2Kaccesses done: {}", parts.join("  "));
+            note!("\r\x1b[2Kaccesses done: {}", parts.join("  "));
             shown = true;
         }
     }
     if shown {
-        eprint!("\r\x1b[2K");
+        note!("\r\x1b[2K");
     }
 }
 
@@ -565,9 +568,9 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     let explanation = report.explanation.ok_or("the workload created no process to translate in")?;
     if args.json {
-        println!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?)?;
     } else {
-        print!("{}", memvirt::report::explanation_table(&explanation));
+        out!("{}", memvirt::report::explanation_table(&explanation))?;
     }
     if let Some(path) = &args.svg {
         write_atomically(path, memvirt::report::explanation_svg(&explanation).as_bytes())?;
@@ -623,33 +626,33 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     let mut results = Vec::new();
     for (_, name, factory) in cases.iter().filter(|(case, ..)| args.cases.contains(case)) {
         if terminal {
-            eprint!("\rmeasuring {name} ...\x1b[K");
+            note!("\rmeasuring {name} ...\x1b[K");
         }
         results.push(measure(name, &modes, &config, factory, args.rounds).map_err(|e| e.to_string())?);
     }
     if terminal {
-        eprint!("\r\x1b[K");
+        note!("\r\x1b[K");
     }
     if args.json {
-        println!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?)?;
         return Ok(());
     }
     for result in &results {
-        println!(
+        outln!(
             "{}: read alone {:.1} M operations/s; floor {:.1} M accesses/s",
             result.workload,
             result.read_per_second / 1e6,
             result.floor_per_second / 1e6
-        );
+        )?;
         for m in &result.modes {
-            println!(
+            outln!(
                 "  {:<7} {:>9} accesses in {:>7.3} s = {:>7.2} M/s  ({:.3}x floor)",
                 m.mode.to_string(),
                 m.accesses,
                 m.seconds,
                 m.per_second / 1e6,
                 m.ratio_to_floor
-            );
+            )?;
         }
     }
     Ok(())
@@ -660,7 +663,7 @@ fn record_progress(verb: &'static str) -> impl FnMut(u64) {
     let terminal = std::io::stderr().is_terminal();
     move |count| {
         if terminal {
-            eprint!("\r{verb} {:.1} M accesses", count as f64 / 1e6);
+            note!("\r{verb} {:.1} M accesses", count as f64 / 1e6);
         }
     }
 }
@@ -670,7 +673,7 @@ fn record(args: &RecordArgs) -> Result<(), String> {
     let count =
         memvirt::workload::recorder::record(&args.valgrind, &args.command, &args.output, &mut progress)
             .map_err(|e| e.to_string())?;
-    eprintln!("\rrecorded {count} accesses to {}", args.output.display());
+    noteln!("\rrecorded {count} accesses to {}", args.output.display());
     Ok(())
 }
 
@@ -678,15 +681,16 @@ fn convert(args: &ConvertArgs) -> Result<(), String> {
     let mut progress = record_progress("converted");
     let count = memvirt::workload::open::convert(&args.input, &args.output, &mut progress)
         .map_err(|e| e.to_string())?;
-    eprintln!("\rconverted {count} accesses to {}", args.output.display());
+    noteln!("\rconverted {count} accesses to {}", args.output.display());
     Ok(())
 }
 
-fn workloads() {
+fn workloads() -> Result<(), String> {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
-        println!("{:<16} {} [{}]", spec.name, spec.description, params.join(" "));
+        outln!("{:<16} {} [{}]", spec.name, spec.description, params.join(" "))?;
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -702,17 +706,14 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Record(args) => record(args),
         Command::Convert(args) => convert(args),
-        Command::Workloads => {
-            workloads();
-            Ok(())
-        }
+        Command::Workloads => workloads(),
     };
     match result {
         // Partial results were printed; say so in the status too.
         Ok(()) if interrupt_flag().load(Ordering::Relaxed) => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("memvirt: error: {message}");
+            noteln!("memvirt: error: {message}");
             ExitCode::FAILURE
         }
     }

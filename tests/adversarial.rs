@@ -84,3 +84,33 @@ fn access_past_the_top_of_the_address_space_ends() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 }
+
+/// Item 6: a reader that stops reading (`memvirt workloads | head -1`) ends memvirt quietly
+/// with its usual status; a full disk is an error message, not a panic.
+#[test]
+fn closed_or_full_standard_output() {
+    // The reader is gone before memvirt writes, as in `(sleep .2; memvirt workloads) | true`.
+    for args in ["workloads", "run --workload seq-scan --param size=1M --json"] {
+        let script = format!("(sleep 0.3; exec \"$0\" {args}) | true; echo \"status ${{PIPESTATUS[0]}}\"");
+        let child = Command::new("bash")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_memvirt")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts bash");
+        let out = finish_within(child, LIMIT, args);
+        assert_eq!(stdout(&out).trim(), "status 0", "memvirt {args}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "memvirt {args}");
+    }
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let child = memvirt()
+        .args(["run", "--workload", "seq-scan", "--param", "size=1M", "--json"])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts memvirt");
+    let out = finish_within(child, LIMIT, "run > /dev/full");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "memvirt: error: standard output: No space left on device (os error 28)\n");
+}

@@ -1,0 +1,3 @@
+//! The command line's own plumbing, apart from its options: the console.
+
+pub mod console;
