@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use cli::console::{note, noteln, out, outln};
 use memvirt::addr::{Gva, PageSize, PagingLevels};
+use memvirt::output_file::OutputFile;
 use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::compare::WorkloadFactory;
 use memvirt::sim::{self, ModeName, SimConfig};
@@ -286,24 +286,6 @@ fn default_memory_limit() -> u64 {
     total_kib.map_or(8 << 30, |kib| kib * 1024 / 2)
 }
 
-/// A flag set by the first Ctrl-C: runs stop at their next check and report what they have.
-/// A second Ctrl-C ends the process at once.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&flag);
-        let _ = ctrlc::set_handler(move || {
-            if seen.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            noteln!("\nmemvirt: interrupted; finishing with the results so far (Ctrl-C again to quit)");
-        });
-        flag
-    })
-    .clone()
-}
-
 fn parse_param(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, found '{text}'"))?;
     Ok((key.trim().to_string(), value.trim().to_string()))
@@ -348,7 +330,7 @@ impl MachineArgs {
             config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
         }
         config.max_host_memory = self.max_host_memory.unwrap_or_else(default_memory_limit);
-        config.stop = Some(interrupt_flag());
+        config.stop = Some(cli::signals::stop_flag());
         config.walk_caches = !self.no_walk_caches;
         config.vms = usize::try_from(self.vms).unwrap_or(1);
         config.warmup = workload.warmup;
@@ -433,6 +415,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     }
     // Open once up front so a bad trace or parameter fails before any thread starts.
     let (_, description) = args.workload.open(&config)?;
+    let (csv, html) = (open_output(args.csv.as_deref())?, open_output(args.html.as_deref())?);
     let factory =
         || args.workload.open(&config).map(|(w, _)| w).map_err(memvirt::workload::WorkloadError::Other);
     let progress: Vec<AtomicU64> = args.modes.iter().map(|_| AtomicU64::new(0)).collect();
@@ -465,13 +448,8 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
             outln!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA")?;
         }
     }
-    if let Some(path) = &args.csv {
-        write_atomically(path, memvirt::report::comparison_csv(&comparison).as_bytes())?;
-    }
-    if let Some(path) = &args.html {
-        let html = memvirt::report::comparison_html(&comparison, &description, &config);
-        write_atomically(path, html.as_bytes())?;
-    }
+    write_output(csv, || memvirt::report::comparison_csv(&comparison))?;
+    write_output(html, || memvirt::report::comparison_html(&comparison, &description, &config))?;
     if let Some(mismatch) = &comparison.mismatch {
         noteln!(
             "memvirt: verification failed: {} and {} disagree
@@ -544,16 +522,17 @@ fn show_progress(modes: &[ModeName], progress: &[AtomicU64], done: &AtomicBool) 
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a failed
-/// run never leaves a half-written file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".partial");
-    let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        format!("{}: {e}", path.display())
-    })
+/// Opens an output file before the run that fills it, so a path that cannot be written fails
+/// at once instead of after the whole simulation.
+fn open_output(path: Option<&std::path::Path>) -> Result<Option<OutputFile>, String> {
+    path.map(|path| OutputFile::create(path).map_err(|e| format!("{}: {e}", path.display()))).transpose()
+}
+
+/// Writes `bytes` to an output file opened by [`open_output`] and completes it.
+fn write_output(output: Option<OutputFile>, bytes: impl FnOnce() -> String) -> Result<(), String> {
+    let Some(output) = output else { return Ok(()) };
+    let path = output.path().display().to_string();
+    output.write_all_and_finish(bytes().as_bytes()).map_err(|e| format!("{path}: {e}"))
 }
 
 fn explain(args: &ExplainArgs) -> Result<(), String> {
@@ -565,6 +544,7 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
     };
     config.explain = Some(memvirt::sim::ExplainTarget::Address(args.gva, Access::new(kind, Privilege::User)));
     let (mut workload, _) = args.workload.open(&config)?;
+    let svg = open_output(args.svg.as_deref())?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     let explanation = report.explanation.ok_or("the workload created no process to translate in")?;
     if args.json {
@@ -572,9 +552,7 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
     } else {
         out!("{}", memvirt::report::explanation_table(&explanation))?;
     }
-    if let Some(path) = &args.svg {
-        write_atomically(path, memvirt::report::explanation_svg(&explanation).as_bytes())?;
-    }
+    write_output(svg, || memvirt::report::explanation_svg(&explanation))?;
     Ok(())
 }
 
@@ -695,6 +673,8 @@ fn workloads() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // bench has no partial result to give: a signal ends it at once.
+    cli::signals::install(matches!(cli.command, Command::Compare(_) | Command::Run(_) | Command::Explain(_)));
     let result = match &cli.command {
         Command::Compare(args) => match compare(args) {
             Ok(true) => Ok(()),
@@ -710,8 +690,7 @@ fn main() -> ExitCode {
     };
     match result {
         // Partial results were printed; say so in the status too.
-        Ok(()) if interrupt_flag().load(Ordering::Relaxed) => ExitCode::from(130),
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => cli::signals::interrupted_status().map_or(ExitCode::SUCCESS, ExitCode::from),
         Err(message) => {
             noteln!("memvirt: error: {message}");
             ExitCode::FAILURE

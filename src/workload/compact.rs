@@ -82,14 +82,19 @@ impl<W: Write + Seek> CompactWriter<W> {
         self.count
     }
 
-    /// Patches the record count into the header and flushes.
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    /// Patches the record count into the header and flushes; returns the count and the
+    /// output. On an output that cannot seek (a pipe, a terminal) the count stays 0, "not
+    /// known", as for any stream.
+    pub fn finish(mut self) -> std::io::Result<(u64, W)> {
         self.out.flush()?;
         let mut inner = self.out.into_inner().map_err(|e| e.into_error())?;
-        inner.seek(SeekFrom::Start(16))?;
-        inner.write_all(&self.count.to_le_bytes())?;
+        match inner.seek(SeekFrom::Start(16)) {
+            Ok(_) => inner.write_all(&self.count.to_le_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotSeekable => {}
+            Err(e) => return Err(e),
+        }
         inner.flush()?;
-        Ok(self.count)
+        Ok((self.count, inner))
     }
 }
 

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::guest::Pid;
+use crate::output_file::OutputFile;
 use crate::workload::compact::{CompactTrace, CompactWriter, MAGIC};
 use crate::workload::feed::Feed;
 use crate::workload::lackey::LackeyTrace;
@@ -54,12 +55,14 @@ pub fn open_trace(path: &Path, pid: Pid) -> Result<Box<dyn Workload>, WorkloadEr
 }
 
 /// Converts a lackey trace (plain or compressed) at `input` into the compact format at
-/// `output`, written to `output.partial` and renamed when complete. `progress` hears the
-/// record count now and then. Returns the number of records.
+/// `output` (see [`OutputFile`]: opened before the input is read, so a path that cannot be
+/// written fails first). `progress` hears the record count now and then. Returns the number
+/// of records.
 pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Result<u64, WorkloadError> {
+    let file = OutputFile::create(output).map_err(io(output))?;
     let mut trace = Feed::new(open_trace(input, 1)?);
     write_compact(
-        output,
+        file,
         &mut |sink| {
             trace.for_each_batch(|ops| {
                 for op in ops {
@@ -77,35 +80,26 @@ pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Re
 /// A function taking each record of a trace.
 pub type RecordSink<'a> = dyn FnMut(crate::paging::AccessKind, u64, u32) -> Result<(), WorkloadError> + 'a;
 
-/// Writes a compact trace at `output` from the records `produce` gives its sink, atomically
-/// (`output.partial`, then a rename; removed on error).
+/// Writes a compact trace to `output` from the records `produce` gives its sink, and
+/// completes it; on any error the output is abandoned (a temporary file is removed).
 pub fn write_compact(
-    output: &Path,
+    output: OutputFile,
     produce: &mut dyn FnMut(&mut RecordSink<'_>) -> Result<(), WorkloadError>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, WorkloadError> {
-    let mut partial = output.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
-    let result = (|| {
-        let file = File::create(&partial).map_err(io(output))?;
-        let mut writer = CompactWriter::new(file).map_err(io(output))?;
-        produce(&mut |kind, address, size| {
-            writer.write(kind, address, size).map_err(io(output))?;
-            if writer.count() % (1 << 20) == 0 {
-                progress(writer.count());
-            }
-            Ok(())
-        })?;
-        let count = writer.finish().map_err(io(output))?;
-        if count == 0 {
-            return Err(WorkloadError::Empty { path: output.to_path_buf() });
+    let path = output.path().to_path_buf();
+    let mut writer = CompactWriter::new(output).map_err(io(&path))?;
+    produce(&mut |kind, address, size| {
+        writer.write(kind, address, size).map_err(io(&path))?;
+        if writer.count() % (1 << 20) == 0 {
+            progress(writer.count());
         }
-        std::fs::rename(&partial, output).map_err(io(output))?;
-        Ok(count)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        Ok(())
+    })?;
+    if writer.count() == 0 {
+        return Err(WorkloadError::Empty { path });
     }
-    result
+    let (count, output) = writer.finish().map_err(io(&path))?;
+    output.finish().map_err(io(&path))?;
+    Ok(count)
 }

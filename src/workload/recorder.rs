@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::output_file::OutputFile;
 use crate::workload::lackey::parse_line;
 use crate::workload::open::write_compact;
 use crate::workload::WorkloadError;
@@ -23,6 +24,9 @@ pub fn record(
     if command.is_empty() {
         return Err(WorkloadError::Other("record needs a command to run, after --".into()));
     }
+    // Opened before valgrind starts, so a path that cannot be written fails at once.
+    let file = OutputFile::create(output)
+        .map_err(|source| WorkloadError::Io { path: output.to_path_buf(), source })?;
     let mut child = Command::new(valgrind)
         .args(["--tool=lackey", "--trace-mem=yes", "--log-fd=2"])
         .args(command)
@@ -41,12 +45,14 @@ pub fn record(
             }
         })?;
     let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
         return Err(WorkloadError::Other("valgrind's log pipe was not opened".into()));
     };
     let mut log = BufReader::with_capacity(1 << 20, stderr);
-    let mut complaints = Vec::new();
+    let mut messages = Messages::default();
     let result = write_compact(
-        output,
+        file,
         &mut |sink| {
             let mut line = Vec::new();
             loop {
@@ -60,23 +66,69 @@ pub fn record(
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
                 match parse_line(text) {
                     Ok(Some(access)) => sink(access.kind, access.address, access.size)?,
-                    // Not an access: valgrind's banner, or the program's own stderr.
-                    Ok(None) | Err(_) => {
-                        if text.starts_with(b"==") && complaints.len() < 20 {
-                            complaints.push(String::from_utf8_lossy(text).into_owned());
-                        }
-                    }
+                    // Not an access: valgrind's banner or messages, or the program's own stderr.
+                    Ok(None) | Err(_) => messages.keep(text),
                 }
             }
         },
         progress,
     );
+    if result.is_err() {
+        // valgrind may be blocked writing to the pipe that nobody reads any more: waiting for
+        // it would never end.
+        let _ = child.kill();
+    }
+    drop(log);
     let status = child.wait().map_err(|e| WorkloadError::Other(format!("waiting for valgrind: {e}")))?;
     match result {
-        Err(WorkloadError::Empty { .. }) => Err(WorkloadError::Other(format!(
-            "valgrind recorded no memory accesses (exit status {status}); its messages:\n{}",
-            complaints.join("\n")
-        ))),
+        Err(WorkloadError::Empty { .. }) => {
+            let status =
+                status.code().map_or_else(|| status.to_string(), |code| format!("exit status {code}"));
+            Err(WorkloadError::Other(format!(
+                "{}: valgrind recorded no memory accesses ({status}){}",
+                output.display(),
+                messages.summary()
+            )))
+        }
         other => other,
+    }
+}
+
+/// What valgrind said besides the accesses, to show when it recorded none.
+#[derive(Default)]
+struct Messages {
+    /// Its own complaints, `valgrind: ...` (a command not found, an unknown option).
+    complaints: Vec<String>,
+    /// Its log lines, `==PID== ...`: the last few.
+    log: std::collections::VecDeque<String>,
+}
+
+impl Messages {
+    const MOST: usize = 5;
+
+    fn keep(&mut self, text: &[u8]) {
+        let text = String::from_utf8_lossy(text).trim().to_string();
+        if text.starts_with("valgrind:") && self.complaints.len() < Self::MOST {
+            self.complaints.push(text);
+        } else if text.starts_with("==") {
+            if self.log.len() == Self::MOST {
+                self.log.pop_front();
+            }
+            self.log.push_back(text);
+        }
+    }
+
+    /// `: ` and the messages on one line, or nothing if there were none.
+    fn summary(&self) -> String {
+        let lines: Vec<&str> = if self.complaints.is_empty() {
+            self.log.iter().map(String::as_str).collect()
+        } else {
+            self.complaints.iter().map(String::as_str).collect()
+        };
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", lines.join(" / "))
+        }
     }
 }
