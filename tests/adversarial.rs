@@ -348,3 +348,27 @@ fn interrupted_record_leaves_nothing_behind() {
     assert_eq!(leftovers(&dir), Vec::<String>::new());
     assert!(!output.exists());
 }
+
+/// Item 7: a warm-up as long as the trace leaves nothing to count, and says so instead of
+/// counting every access as if there had been no warm-up.
+#[test]
+fn warmup_covering_the_whole_trace_is_an_error() {
+    let trace = scratch("warmup.lackey");
+    let lines: String = (0..2000u64).map(|i| format!(" L {:x},8\n", 0x1000_0000 + i * 64)).collect();
+    std::fs::write(&trace, lines).expect("writes");
+    let trace = path_str(&trace);
+    let out = run(&["run", "--trace", trace, "--warmup", "1999", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(report["accesses"], 1);
+    for warmup in ["2000", "3000"] {
+        for command in ["run", "compare"] {
+            let out = run(&[command, "--trace", trace, "--warmup", warmup]);
+            assert_eq!(out.status.code(), Some(1), "{command} --warmup {warmup}: {}", stdout(&out));
+            assert_eq!(
+                stderr(&out),
+                format!("memvirt: error: --warmup {warmup} leaves out every access: the workload makes only 2000; give a smaller warm-up\n")
+            );
+        }
+    }
+}

@@ -153,6 +153,13 @@ pub enum SimError {
         /// The limit.
         limit: u64,
     },
+    /// `--warmup` covers every access of the workload: none would be counted.
+    WarmupCoversAll {
+        /// The accesses to leave out.
+        warmup: u64,
+        /// The accesses the workload made.
+        accesses: u64,
+    },
 }
 
 impl fmt::Display for SimError {
@@ -167,6 +174,10 @@ impl fmt::Display for SimError {
                 limit >> 20,
                 used >> 20
             ),
+            Self::WarmupCoversAll { warmup, accesses } => write!(
+                f,
+                "--warmup {warmup} leaves out every access: the workload makes only {accesses}; give a smaller warm-up"
+            ),
         }
     }
 }
@@ -176,7 +187,7 @@ impl std::error::Error for SimError {
         match self {
             Self::Workload(e) => Some(e),
             Self::Kernel(e) => Some(e),
-            Self::Internal(_) | Self::MemoryLimit { .. } => None,
+            Self::Internal(_) | Self::MemoryLimit { .. } | Self::WarmupCoversAll { .. } => None,
         }
     }
 }
@@ -395,6 +406,10 @@ fn run_with<M: Mode>(
             used = 0;
             turn = (turn + 1) % guests.len();
         }
+    }
+    // The warm-up never ended: nothing was measured. (An interrupted run reports what it has.)
+    if warming_up && !interrupted {
+        return Err(SimError::WarmupCoversAll { warmup: config.warmup, accesses: total_accesses });
     }
     let mut total = Stats::default();
     for guest in &guests {
