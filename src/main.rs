@@ -353,6 +353,23 @@ impl MachineArgs {
 }
 
 impl WorkloadArgs {
+    /// For commands that read each trace more than once (every mode of `compare`, every VM of
+    /// `--vms`): each must be a file that can be read again from its start. A pipe
+    /// (`cat t | memvirt compare --trace /dev/stdin`) would give each reader a different part
+    /// of the trace.
+    fn check_rereadable(&self, readers: &str) -> Result<(), String> {
+        for path in &self.trace {
+            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !meta.is_file() {
+                return Err(format!(
+                    "{}: {readers} reads the trace from its start, so it must be a regular file, not a pipe or device; save it to a file first",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn open(&self, config: &SimConfig) -> Result<(Box<dyn Workload>, serde_json::Value), String> {
         if !self.trace.is_empty() {
             if !self.params.is_empty() {
@@ -381,6 +398,9 @@ fn run(args: &RunArgs) -> Result<(), String> {
     let mut config = args.machine.config(&args.workload)?;
     // Debug builds always check; release builds when asked.
     config.verify = args.check_isolation || cfg!(debug_assertions);
+    if config.vms > 1 {
+        args.workload.check_rereadable("each VM of --vms")?;
+    }
     let (first, description) = args.workload.open(&config)?;
     let mut copies = vec![first];
     for _ in 1..config.vms {
@@ -413,6 +433,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     if args.html.is_some() {
         config.explain = Some(memvirt::sim::ExplainTarget::FirstAccess);
     }
+    args.workload.check_rereadable("each mode of compare")?;
     // Open once up front so a bad trace or parameter fails before any thread starts.
     let (_, description) = args.workload.open(&config)?;
     let (csv, html) = (open_output(args.csv.as_deref())?, open_output(args.html.as_deref())?);

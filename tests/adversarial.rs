@@ -372,3 +372,42 @@ fn warmup_covering_the_whole_trace_is_an_error() {
         }
     }
 }
+
+/// Runs memvirt with `args` reading `input` from a pipe.
+fn run_piped(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = memvirt()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts memvirt");
+    let mut pipe = child.stdin.take().expect("stdin");
+    // memvirt may refuse before reading: a closed pipe is then expected.
+    let _ = pipe.write_all(input);
+    drop(pipe);
+    finish_within(child, LIMIT, &args.join(" "))
+}
+
+/// Item 8: a trace that can be read only once (a pipe) is refused, clearly, where each mode
+/// or VM reads it from its start; `run` of one VM reads it as before.
+#[test]
+fn piped_trace_read_by_several_readers_is_refused_clearly() {
+    let lines: String = (0..20_000u64).map(|i| format!(" L {:x},8\n", 0x1000_0000 + i * 64)).collect();
+    for (args, readers) in [
+        (vec!["compare", "--trace", "/dev/stdin"], "each mode of compare"),
+        (vec!["run", "--trace", "/dev/stdin", "--vms", "2"], "each VM of --vms"),
+    ] {
+        let out = run_piped(&args, lines.as_bytes());
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("memvirt: error: /dev/stdin: {readers} reads the trace from its start, so it must be a regular file, not a pipe or device; save it to a file first\n")
+        );
+    }
+    let out = run_piped(&["run", "--trace", "/dev/stdin", "--json"], lines.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(report["accesses"], 20_000);
+}
