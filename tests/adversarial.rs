@@ -411,3 +411,46 @@ fn piped_trace_read_by_several_readers_is_refused_clearly() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(report["accesses"], 20_000);
 }
+
+/// Item 11: a cost large enough to overflow the cycle total (which then saturated, making
+/// every mode 1.00x) is refused; the largest allowed one still tells the modes apart.
+#[test]
+fn costs_that_overflow_cycles_are_refused() {
+    let huge = scratch("huge-cost.toml");
+    for value in ["1e308", "1000001", "-1", "nan", "inf"] {
+        std::fs::write(&huge, format!("vm_exit = {value}\n")).expect("writes");
+        let out =
+            run(&["compare", "--workload", "seq-scan", "--param", "size=1M", "--cost", path_str(&huge)]);
+        assert_eq!(out.status.code(), Some(1), "vm_exit = {value}: {}", stdout(&out));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "memvirt: error: {}: every cost must be a number of cycles from 0 to 1000000\n",
+                huge.display()
+            )
+        );
+    }
+    let largest = scratch("largest-cost.toml");
+    std::fs::write(&largest, "vm_exit = 1000000\nguest_page_fault = 1e6\n").expect("writes");
+    let out = run(&[
+        "compare",
+        "--workload",
+        "seq-scan",
+        "--param",
+        "size=1M",
+        "--cost",
+        path_str(&largest),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let cycles: Vec<u64> = result["modes"]
+        .as_array()
+        .expect("modes")
+        .iter()
+        .map(|m| m["cycles"].as_u64().expect("cycles"))
+        .collect();
+    assert!(cycles.iter().all(|&c| c < u64::MAX), "{cycles:?}");
+    // Shadow paging exits on every fault, native never: the totals differ.
+    assert!(cycles[1] > cycles[0], "{cycles:?}");
+}
