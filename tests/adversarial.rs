@@ -454,3 +454,49 @@ fn costs_that_overflow_cycles_are_refused() {
     // Shadow paging exits on every fault, native never: the totals differ.
     assert!(cycles[1] > cycles[0], "{cycles:?}");
 }
+
+/// Item 12: a compact trace cut on a record boundary, with more records than its header
+/// gives, with unknown flags or with reserved header bytes set is refused; a count of 0 (a
+/// stream) still reads to the end.
+#[test]
+fn compact_header_is_checked() {
+    let lackey = scratch("header.lackey");
+    let lines: String = (0..2000u64).map(|i| format!(" L {:x},8\n", 0x1000_0000 + i * 64)).collect();
+    std::fs::write(&lackey, lines).expect("writes");
+    let whole = scratch("header.mvt");
+    let out = run(&["convert", path_str(&lackey), "-o", path_str(&whole)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&whole).expect("reads");
+    assert_eq!(bytes.len(), 32 + 16 * 2000);
+    let variant = |name: &str, change: &dyn Fn(&mut Vec<u8>)| {
+        let mut changed = bytes.clone();
+        change(&mut changed);
+        let path = scratch(name);
+        std::fs::write(&path, changed).expect("writes");
+        let out = run(&["run", "--trace", path_str(&path), "--json"]);
+        (path, out)
+    };
+    let cases: [(&str, &dyn Fn(&mut Vec<u8>), &str); 4] = [
+        (
+            "cut.mvt",
+            &|b| b.truncate(32 + 16 * 1000),
+            "record 1001: the file ends after 1000 records, but its header gives 2000: it was cut short",
+        ),
+        (
+            "more.mvt",
+            &|b| b[16..24].copy_from_slice(&10u64.to_le_bytes()),
+            "record 11: more records than the 10 its header gives",
+        ),
+        ("flags.mvt", &|b| b[12] = 1, "header: unknown flags (bytes 12-15 must be zero)"),
+        ("reserved.mvt", &|b| b[31] = 1, "header: reserved bytes 24-31 are not zero"),
+    ];
+    for (name, change, message) in cases {
+        let (path, out) = variant(name, change);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stdout(&out));
+        assert_eq!(stderr(&out), format!("memvirt: error: {}: {message}\n", path.display()));
+    }
+    let (_, out) = variant("stream.mvt", &|b| b[16..24].copy_from_slice(&0u64.to_le_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(report["accesses"], 2000);
+}
