@@ -453,7 +453,8 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
         let object = serde_json::json!({
             "workload": description,
             "config": config,
-            "verified": comparison.verified,
+            // null when nothing was checked (--no-verify): not a claim that all matched.
+            "verified": comparison.verify.then_some(comparison.verified),
             "mismatch": comparison.mismatch,
             "modes": comparison.reports,
         });

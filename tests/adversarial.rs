@@ -500,3 +500,25 @@ fn compact_header_is_checked() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(report["accesses"], 2000);
 }
+
+/// Item 14: with `--no-verify` nothing claims the modes were verified: JSON says null, the
+/// CSV column is empty, the table has no `verified:` line.
+#[test]
+fn no_verify_claims_nothing() {
+    let csv = scratch("no-verify.csv");
+    let base = ["compare", "--workload", "seq-scan", "--param", "size=1M"];
+    let mut args = base.to_vec();
+    args.extend(["--no-verify", "--json", "--csv", path_str(&csv)]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(result["verified"], serde_json::Value::Null);
+    let text = std::fs::read_to_string(&csv).expect("reads");
+    assert!(text.lines().skip(1).all(|row| row.ends_with(',')), "{text}");
+    let out = run(&[base.as_slice(), &["--no-verify"]].concat());
+    assert!(!stdout(&out).contains("verified"), "{}", stdout(&out));
+    // With verification on, the same comparison says true.
+    let out = run(&[base.as_slice(), &["--json"]].concat());
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(result["verified"], true);
+}
