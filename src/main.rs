@@ -90,7 +90,7 @@ struct ExplainArgs {
     /// The virtualization design.
     #[arg(long, value_enum, default_value_t = ModeName::Ept)]
     mode: ModeName,
-    /// The guest-virtual address to translate (hexadecimal, 0x optional).
+    /// The guest-virtual address to translate: hexadecimal with 0x, or decimal.
     #[arg(long, value_name = "ADDR", value_parser = parse_gva)]
     gva: Gva,
     /// The kind of access.
@@ -306,10 +306,17 @@ fn parse_host_page_size(text: &str) -> Result<PageSize, String> {
     }
 }
 
+/// A guest-virtual address: hexadecimal with `0x` or decimal. A bare `10000000` is decimal,
+/// as everywhere else on the command line, not silently hexadecimal.
 fn parse_gva(text: &str) -> Result<Gva, String> {
-    let digits = text.trim_start_matches("0x").trim_start_matches("0X");
-    let raw = u64::from_str_radix(digits, 16)
-        .map_err(|_| format!("expected a hexadecimal address, found '{text}'"))?;
+    let hex = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
+    let raw = match hex {
+        Some(digits) => u64::from_str_radix(digits, 16).ok(),
+        None => text.parse::<u64>().ok(),
+    }
+    .ok_or_else(|| {
+        format!("expected an address, hexadecimal with 0x (0x10000000) or decimal, found '{text}'")
+    })?;
     Gva::try_new(raw).map_err(|e| e.to_string())
 }
 
@@ -688,7 +695,8 @@ fn convert(args: &ConvertArgs) -> Result<(), String> {
 fn workloads() -> Result<(), String> {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
-        outln!("{:<16} {} [{}]", spec.name, spec.description, params.join(" "))?;
+        let params = if params.is_empty() { "no parameters".to_string() } else { params.join(" ") };
+        outln!("{:<16} {} [{params}]", spec.name, spec.description)?;
     }
     Ok(())
 }

@@ -522,3 +522,43 @@ fn no_verify_claims_nothing() {
     let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(result["verified"], true);
 }
+
+/// Item 16: a size too large to round to pages shows as asked (it wrapped to `+0x0`); a
+/// scenario without parameters says so; `--gva` is hexadecimal only with 0x, decimal
+/// otherwise (a bare number was silently read as hexadecimal).
+#[test]
+fn region_errors_parameters_and_gva_say_what_was_given() {
+    let out = run(&["run", "--workload", "seq-scan", "--param", "size=18446744073709551615"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "memvirt: error: process 1: region 0x10000000+0xffffffffffffffff must be non-empty, 4 KiB-aligned and in the user half\n"
+    );
+    let out = run(&["run", "--workload", "hostile", "--param", "x=1"]);
+    assert_eq!(stderr(&out), "memvirt: error: workload hostile: unknown parameter 'x'; it takes none\n");
+    let out = run(&["workloads"]);
+    let hostile = stdout(&out).lines().find(|line| line.starts_with("hostile")).map(str::to_string);
+    assert!(hostile.expect("listed").ends_with("[no parameters]"));
+
+    let gva_of = |gva: &str| {
+        let out = run(&["explain", "--workload", "seq-scan", "--param", "size=1M", "--gva", gva, "--json"]);
+        assert!(out.status.success(), "--gva {gva}: {}", stderr(&out));
+        let explanation: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+        explanation["gva"].as_str().expect("gva").to_string()
+    };
+    assert_eq!(gva_of("268435456"), "0x10000000");
+    assert_eq!(gva_of("0x10000000"), "0x10000000");
+    assert_eq!(gva_of("0X10000000"), "0x10000000");
+    assert_eq!(gva_of("10000000"), "0x989680");
+    for bad in ["ffff", "0x", "1.5", "0x1g"] {
+        let out = run(&["explain", "--workload", "seq-scan", "--gva", bad]);
+        assert_eq!(out.status.code(), Some(2), "--gva {bad}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "expected an address, hexadecimal with 0x (0x10000000) or decimal, found '{bad}'"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

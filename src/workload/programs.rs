@@ -42,14 +42,14 @@ impl<S: Send> Workload for Program<S> {
     }
 }
 
+/// `len` rounded up to whole pages; a length too large to round is kept as it is, so the
+/// kernel refuses the region showing the size asked for (not the 0 the rounding wraps to).
+pub(crate) fn whole_pages(len: u64) -> u64 {
+    len.checked_next_multiple_of(PAGE_BYTES).unwrap_or(len)
+}
+
 fn region(start: u64, len: u64, prot: Prot, page_size: PageSize) -> Region {
-    Region {
-        start: Gva::new_truncate(start),
-        len: len.div_ceil(PAGE_BYTES) * PAGE_BYTES,
-        prot,
-        user: true,
-        page_size,
-    }
+    Region { start: Gva::new_truncate(start), len: whole_pages(len), prot, user: true, page_size }
 }
 
 fn access(pid: Pid, va: u64, kind: AccessKind) -> Op {
@@ -318,10 +318,12 @@ impl MmapChurn {
         }
         self.ops -= 1;
         let pages = 1 + self.rng.below(self.max_pages);
-        let len = pages * PAGE_BYTES;
+        let len = pages.saturating_mul(PAGE_BYTES);
         let start = self.next_va;
-        // Leave a guard gap, and keep large mappings 2 MiB-aligned as an allocator would.
-        self.next_va = (start + len + PageSize::Size2M.bytes()) & !(PageSize::Size2M.bytes() - 1);
+        // Leave a guard gap, and keep large mappings 2 MiB-aligned as an allocator would
+        // (saturating: past the user half the kernel refuses the region anyway).
+        self.next_va = start.saturating_add(len).saturating_add(PageSize::Size2M.bytes())
+            & !(PageSize::Size2M.bytes() - 1);
         queue.push_back(Op::Map { pid: 1, region: region(start, len, Prot::RW, self.page_size) });
         touch(queue, 1, start, len, AccessKind::Write);
         for _ in 0..pages {

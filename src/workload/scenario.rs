@@ -158,7 +158,12 @@ impl ParamReader {
     fn finish(self) -> Result<(), WorkloadError> {
         if let Some(key) = self.given.keys().next() {
             let known: Vec<&str> = self.spec.params.iter().map(|(name, _)| *name).collect();
-            return Err(self.error(format!("unknown parameter '{key}'; it takes {}", known.join(", "))));
+            let takes = if known.is_empty() {
+                "it takes none".to_string()
+            } else {
+                format!("it takes {}", known.join(", "))
+            };
+            return Err(self.error(format!("unknown parameter '{key}'; {takes}")));
         }
         Ok(())
     }
@@ -212,7 +217,7 @@ impl BufferScenario {
     fn new(size: u64, accesses: u64, pattern: Pattern, context: &ScenarioContext, populate: bool) -> Self {
         let region = Region {
             start: Gva::new_truncate(BUFFER_BASE),
-            len: size.div_ceil(4096) * 4096,
+            len: programs::whole_pages(size),
             prot: Prot::RW,
             user: true,
             page_size: context.page_size,
