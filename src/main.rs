@@ -510,11 +510,10 @@ fn describe(observed: Option<&memvirt::sim::verify::Observed>) -> String {
         None => "no such access (the run ended earlier)".to_string(),
         Some(o) => {
             format!(
-                "translation #{} of process {}: {:?} {:?} at GVA {} -> {:?}, HPA {}, expected HPA {}",
+                "translation #{} of process {}: {} at GVA {} -> {}, HPA {}, expected HPA {}",
                 o.translation,
                 o.pid,
-                o.access.privilege,
-                o.access.kind,
+                format!("{:?} {:?}", o.access.privilege, o.access.kind).to_lowercase(),
                 o.gva,
                 o.seen,
                 o.hpa.map_or("-".to_string(), |h| h.to_string()),

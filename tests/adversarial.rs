@@ -562,3 +562,30 @@ fn region_errors_parameters_and_gva_say_what_was_given() {
         );
     }
 }
+
+/// Item 17: damaged zstd input is one plain sentence naming the file, with no Rust debug
+/// structure (`FrameDescriptorReadError(Error { kind: UnexpectedEof, ... })`).
+#[test]
+fn zstd_errors_are_plain_sentences() {
+    let lines: String = (0..20_000u64).map(|i| format!(" L {:x},8\n", 0x1000_0000 + i * 64)).collect();
+    let good =
+        ruzstd::encoding::compress_to_vec(lines.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest);
+    let mut reserved_block = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00];
+    reserved_block.extend_from_slice(b"garbage");
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("magic-only.zst", vec![0x28, 0xb5, 0x2f, 0xfd], "the zstd data ends early: the file is cut short"),
+        ("cut.zst", good[..good.len() / 2].to_vec(), "the zstd data ends early: the file is cut short"),
+        ("reserved.zst", reserved_block, "the zstd data is corrupt (failed to parse/decode block body)"),
+    ];
+    for (name, bytes, message) in cases {
+        let path = scratch(name);
+        std::fs::write(&path, bytes).expect("writes");
+        let out = run(&["run", "--trace", path_str(&path)]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert_eq!(stderr(&out), format!("memvirt: error: {}: {message}\n", path.display()));
+    }
+    let path = scratch("good.zst");
+    std::fs::write(&path, good).expect("writes");
+    let out = run(&["run", "--trace", path_str(&path), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

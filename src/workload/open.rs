@@ -31,16 +31,47 @@ fn decompressed(path: &Path) -> Result<BufReader<Stream>, WorkloadError> {
     let stream: Stream = if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::read::MultiGzDecoder::new(raw))
     } else if head.starts_with(&ZSTD_MAGIC) {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(raw).map_err(|e| WorkloadError::Record {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(raw).map_err(|e| WorkloadError::Io {
             path: path.to_path_buf(),
-            record: 0,
-            message: format!("bad zstd stream: {e}"),
+            source: std::io::Error::other(plain_zstd_error(&e.to_string())),
         })?;
-        Box::new(decoder)
+        Box::new(PlainZstdErrors(decoder))
     } else {
         return Ok(raw);
     };
     Ok(BufReader::with_capacity(1 << 20, stream))
+}
+
+/// A zstd decoder whose errors are plain sentences. ruzstd's messages nest Rust debug
+/// structures (`BlockContentReadError(Error { kind: UnexpectedEof, ... })`), which are no
+/// message for a user.
+struct PlainZstdErrors<R>(R);
+
+impl<R: Read> Read for PlainZstdErrors<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buffer).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::Other {
+                std::io::ErrorKind::InvalidData
+            } else {
+                e.kind()
+            };
+            std::io::Error::new(kind, plain_zstd_error(&e.to_string()))
+        })
+    }
+}
+
+/// One plain sentence for a ruzstd error message: a stream cut short, or corrupt data with
+/// ruzstd's own first words when they are plain text.
+fn plain_zstd_error(message: &str) -> String {
+    if message.contains("UnexpectedEof") || message.contains("failed to fill whole buffer") {
+        return "the zstd data ends early: the file is cut short".to_string();
+    }
+    let first = message.split(':').next().unwrap_or_default().trim();
+    if first.is_empty() || first.contains(['(', '{']) {
+        "the zstd data is corrupt".to_string()
+    } else {
+        format!("the zstd data is corrupt ({})", first.to_lowercase())
+    }
 }
 
 /// Opens a trace as process `pid`'s accesses, whatever its format.
