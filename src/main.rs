@@ -463,10 +463,15 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
             // null when nothing was checked (--no-verify): not a claim that all matched.
             "verified": comparison.verify.then_some(comparison.verified),
             "mismatch": comparison.mismatch,
+            "interrupted": comparison.interrupted,
             "modes": comparison.reports,
         });
         outln!("{object}")?;
     } else {
+        if comparison.interrupted {
+            let accesses = comparison.reports.first().map_or(0, |r| r.stats.accesses);
+            outln!("interrupted: every mode stopped after the same {accesses} counted accesses; the figures cover those")?;
+        }
         out!("{}", memvirt::report::comparison_table(&comparison))?;
         let c = &config.cost;
         outln!(

@@ -455,6 +455,9 @@ fn costs_that_overflow_cycles_are_refused() {
     assert!(cycles[1] > cycles[0], "{cycles:?}");
 }
 
+/// An edit of a file's bytes.
+type Change = dyn Fn(&mut Vec<u8>);
+
 /// Item 12: a compact trace cut on a record boundary, with more records than its header
 /// gives, with unknown flags or with reserved header bytes set is refused; a count of 0 (a
 /// stream) still reads to the end.
@@ -468,7 +471,7 @@ fn compact_header_is_checked() {
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(&whole).expect("reads");
     assert_eq!(bytes.len(), 32 + 16 * 2000);
-    let variant = |name: &str, change: &dyn Fn(&mut Vec<u8>)| {
+    let variant = |name: &str, change: &Change| {
         let mut changed = bytes.clone();
         change(&mut changed);
         let path = scratch(name);
@@ -476,7 +479,7 @@ fn compact_header_is_checked() {
         let out = run(&["run", "--trace", path_str(&path), "--json"]);
         (path, out)
     };
-    let cases: [(&str, &dyn Fn(&mut Vec<u8>), &str); 4] = [
+    let cases: [(&str, &Change, &str); 4] = [
         (
             "cut.mvt",
             &|b| b.truncate(32 + 16 * 1000),
@@ -514,7 +517,8 @@ fn no_verify_claims_nothing() {
     let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(result["verified"], serde_json::Value::Null);
     let text = std::fs::read_to_string(&csv).expect("reads");
-    assert!(text.lines().skip(1).all(|row| row.ends_with(',')), "{text}");
+    // The verified column, then the interrupted one.
+    assert!(text.lines().skip(1).all(|row| row.ends_with(",,false")), "{text}");
     let out = run(&[base.as_slice(), &["--no-verify"]].concat());
     assert!(!stdout(&out).contains("verified"), "{}", stdout(&out));
     // With verification on, the same comparison says true.
@@ -588,4 +592,52 @@ fn zstd_errors_are_plain_sentences() {
     std::fs::write(&path, good).expect("writes");
     let out = run(&["run", "--trace", path_str(&path), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Item 4: Ctrl-C on `compare` stops every mode at the same access count, verifies that
+/// prefix, marks the results interrupted in JSON, CSV, HTML and text, and exits 130 (it
+/// reported a verification failure: the modes stopped at different counts).
+#[test]
+fn interrupted_compare_stops_every_mode_at_the_same_count() {
+    let dir = fresh_dir("compare-interrupted");
+    let (csv, html) = (dir.join("out.csv"), dir.join("out.html"));
+    let long = ["compare", "--workload", "gups", "--param", "updates=1000000000"];
+    let child = memvirt()
+        .args(long)
+        .args(["--json", "--csv", path_str(&csv), "--html", path_str(&html)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts memvirt");
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, "INT");
+    let out = finish_within(child, LIMIT, "compare after Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(result["interrupted"], true);
+    assert_eq!(result["verified"], true, "{}", stderr(&out));
+    assert_eq!(result["mismatch"], serde_json::Value::Null);
+    let counts: Vec<u64> = result["modes"]
+        .as_array()
+        .expect("modes")
+        .iter()
+        .map(|m| m["accesses"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(counts.len(), 4);
+    assert!(counts.iter().all(|&c| c == counts[0] && c > 0 && c < 1_000_000_000), "{counts:?}");
+    let csv = std::fs::read_to_string(&csv).expect("CSV");
+    assert!(csv.lines().next().expect("header").ends_with(",verified,interrupted"));
+    assert!(csv.lines().skip(1).all(|row| row.ends_with(",true,true")), "{csv}");
+    let html = std::fs::read_to_string(&html).expect("HTML");
+    assert!(html.contains(&format!("every mode stopped after the same {} counted accesses", counts[0])));
+
+    let child =
+        memvirt().args(long).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts memvirt");
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&child, "INT");
+    let out = finish_within(child, LIMIT, "compare after Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("interrupted: every mode stopped after the same "), "{text}");
+    assert!(text.contains("\nverified: every access"), "{text}");
 }

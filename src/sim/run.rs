@@ -15,6 +15,7 @@ use crate::sim::machine::Machine;
 use crate::sim::prefetch::Prefetcher;
 use crate::sim::recent_pages::RecentPages;
 use crate::sim::stats::Stats;
+use crate::sim::stop_together::Member;
 use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
@@ -87,6 +88,10 @@ pub struct SimConfig {
     /// Set from another thread (Ctrl-C) to stop the run early with the counters so far.
     #[serde(skip)]
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// With `stop`, in a comparison: where the modes agree on the access count they all stop
+    /// at (see [`crate::sim::stop_together`]); without it a run stops where it is.
+    #[serde(skip)]
+    pub stop_together: Option<std::sync::Arc<crate::sim::stop_together::StopTogether>>,
     /// Guests on the host, each running its own copy of the workload (1 unless `--vms`).
     pub vms: usize,
     /// Accesses left out of the counters at the start of the run.
@@ -124,6 +129,7 @@ impl Default for SimConfig {
             vms: 1,
             max_host_memory: 8 << 30,
             stop: None,
+            stop_together: None,
             nested_levels: PagingLevels::Four,
             host_page_size: PageSize::Size4K,
             ept_ad: true,
@@ -348,6 +354,7 @@ fn run_with<M: Mode>(
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }
+    let mut member = Member::new(config.stop_together.as_deref());
     let mut feeds: Vec<_> = workloads.iter_mut().map(|w| Feed::new(&mut **w)).collect();
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut total_accesses = 0u64;
@@ -397,7 +404,9 @@ fn run_with<M: Mode>(
             if used_bytes > config.max_host_memory {
                 return Err(SimError::MemoryLimit { used: used_bytes, limit: config.max_host_memory });
             }
-            if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed))
+                && member.stop_now(total_accesses)
+            {
                 interrupted = true;
                 break;
             }
@@ -407,6 +416,7 @@ fn run_with<M: Mode>(
             turn = (turn + 1) % guests.len();
         }
     }
+    member.ended(total_accesses);
     // The warm-up never ended: nothing was measured. (An interrupted run reports what it has.)
     if warming_up && !interrupted {
         return Err(SimError::WarmupCoversAll { warmup: config.warmup, accesses: total_accesses });
