@@ -35,6 +35,9 @@ pub struct CostModel {
 /// mode would show the same cycles) for any run of fewer than 2.6 x 10^12 events of each kind.
 pub const MAX_COST: f64 = 1_000_000.0;
 
+/// The largest cost file read: a few lines are all it ever needs.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
 impl Default for CostModel {
     fn default() -> Self {
         Self {
@@ -71,7 +74,16 @@ impl CostModel {
     /// defaults, unknown keys and costs outside 0 to [`MAX_COST`] are errors.
     pub fn from_file(path: &std::path::Path) -> Result<Self, CostFileError> {
         let error = |message: String| CostFileError { path: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        // Read at most a bound, so /dev/zero or a huge file cannot grow memory without end.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE_BYTES + 1), &mut text)
+            })
+            .map_err(|e| error(e.to_string()))?;
+        if text.len() > usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX) {
+            return Err(error(format!("larger than {MAX_FILE_BYTES} bytes: this is not a cost file")));
+        }
         Self::from_toml(&text).map_err(error)
     }
 

@@ -22,6 +22,10 @@ use memvirt::workload::Workload;
 
 mod cli;
 
+/// The largest single TLB level `--tlb-entries` builds: 32 MiB of entries. Real TLBs hold a
+/// few thousand; a larger request would only exhaust memory (an allocation failure aborts).
+const MAX_TLB_ENTRIES: usize = 1 << 20;
+
 /// The scenario used when neither --workload nor --trace is given.
 const DEFAULT_WORKLOAD: &str = "mixed";
 
@@ -351,6 +355,11 @@ impl MachineArgs {
             if ways == 0 || entries == 0 || entries % ways != 0 {
                 return Err(format!(
                     "--tlb-entries {entries} --tlb-ways {ways}: entries must be a positive multiple of ways"
+                ));
+            }
+            if entries > MAX_TLB_ENTRIES {
+                return Err(format!(
+                    "--tlb-entries {entries}: at most {MAX_TLB_ENTRIES} entries (real TLBs hold a few thousand)"
                 ));
             }
             config.tlb = TlbConfig::Single { entries, ways };

@@ -670,3 +670,51 @@ fn all_guest_ram_is_usable_with_small_pages() {
         "memvirt: error: guest out of memory: all 131072 frames (512 MiB) are in use; give the guest more RAM with --guest-ram\n"
     );
 }
+
+/// Item 5, the bounded inputs: `/dev/zero` as a trace or a cost file is refused once a bound
+/// is passed (each grew memory without end), and a TLB too large to build is refused (it
+/// aborted on the failed allocation, exit 134).
+#[test]
+fn unbounded_inputs_are_refused() {
+    let out = run(&["run", "--trace", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "memvirt: error: /dev/zero: a line longer than 1048576 bytes: this is not a text trace\n"
+    );
+    let out = run(&["run", "--workload", "seq-scan", "--param", "size=1M", "--cost", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "memvirt: error: /dev/zero: larger than 1048576 bytes: this is not a cost file\n"
+    );
+    let out = run(&[
+        "run",
+        "--workload",
+        "seq-scan",
+        "--param",
+        "size=1M",
+        "--tlb-entries",
+        "4294967296",
+        "--tlb-ways",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "memvirt: error: --tlb-entries 4294967296: at most 1048576 entries (real TLBs hold a few thousand)\n"
+    );
+    // The largest allowed still runs.
+    let out = run(&[
+        "run",
+        "--workload",
+        "seq-scan",
+        "--param",
+        "size=1M",
+        "--tlb-entries",
+        "1048576",
+        "--tlb-ways",
+        "16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
