@@ -22,6 +22,18 @@ use memvirt::workload::Workload;
 
 mod cli;
 
+/// Every heap allocation of the process, counted, so `--max-host-memory` is one budget for
+/// the whole process: every mode of a comparison, the workloads' queues, the VMM's metadata,
+/// not only the page tables each mode stores. No limit is set here (an allocation over a
+/// limit would abort); the runs check the count and stop with a message.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Bytes the process has allocated now.
+fn allocated_bytes() -> u64 {
+    u64::try_from(ALLOCATOR.allocated()).unwrap_or(u64::MAX)
+}
+
 /// The largest single TLB level `--tlb-entries` builds: 32 MiB of entries. Real TLBs hold a
 /// few thousand; a larger request would only exhaust memory (an allocation failure aborts).
 const MAX_TLB_ENTRIES: usize = 1 << 20;
@@ -271,8 +283,8 @@ struct MachineArgs {
     /// defaults.
     #[arg(long, value_name = "FILE")]
     cost: Option<PathBuf>,
-    /// The most memory the simulation may use for page tables and other stored frames, e.g.
-    /// 4G [default: half of this machine's memory].
+    /// The most memory memvirt may allocate, all modes and workloads together, e.g. 4G
+    /// [default: half of this machine's memory].
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     max_host_memory: Option<u64>,
     /// Guest RAM, e.g. 64G.
@@ -341,6 +353,7 @@ impl MachineArgs {
             config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
         }
         config.max_host_memory = self.max_host_memory.unwrap_or_else(default_memory_limit);
+        config.memory_in_use = Some(allocated_bytes);
         config.stop = Some(cli::signals::stop_flag());
         config.walk_caches = !self.no_walk_caches;
         config.vms = usize::try_from(self.vms).unwrap_or(1);

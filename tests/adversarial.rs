@@ -718,3 +718,98 @@ fn unbounded_inputs_are_refused() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The peak resident memory of a running process, in MiB, from Linux's /proc (0 once gone).
+fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) / 1024
+}
+
+/// Runs memvirt with `args` while watching its peak memory; stops it with SIGTERM after
+/// `at_most` if it is still running. Returns its output and the largest peak seen.
+fn run_watching_memory(args: &[&str], at_most: Duration) -> (Output, u64) {
+    let child =
+        memvirt().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts memvirt");
+    let (started, mut peak, mut signalled) = (Instant::now(), 0, false);
+    let mut child = Some(child);
+    loop {
+        let running = child.as_mut().expect("child");
+        if running.try_wait().expect("waits").is_some() {
+            break;
+        }
+        peak = peak.max(peak_mib(running.id()));
+        if !signalled && started.elapsed() > at_most {
+            signal(running, "TERM");
+            signalled = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (finish_within(child.take().expect("child"), LIMIT, &args.join(" ")), peak)
+}
+
+/// Item 5, the budget: `--max-host-memory` is one budget for the whole process, counted at
+/// every allocation and checked every 1,024 accesses. It was per mode (compare with four
+/// modes used four times it), left the workloads' queues out (fork-storm work=100m queued
+/// gigabytes) and was checked every 65,536 accesses.
+#[test]
+fn max_host_memory_bounds_the_whole_process() {
+    let message = |limit: u64| format!("the run needs more memory than --max-host-memory {limit} MiB allows");
+    // Four modes of a TLB-miss-heavy workload over a large table: page tables in each.
+    let (out, peak) = run_watching_memory(
+        &[
+            "compare",
+            "--workload",
+            "uniform-random",
+            "--param",
+            "size=64G",
+            "--param",
+            "accesses=3000000",
+            "--max-host-memory",
+            "128M",
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(&message(128)), "{}", stderr(&out));
+    assert!(peak < 128 + 96, "peak {peak} MiB");
+    // One mode, a small limit: it stops close to it.
+    let (out, peak) = run_watching_memory(
+        &[
+            "run",
+            "--workload",
+            "seq-scan",
+            "--param",
+            "size=64G",
+            "--param",
+            "stride=4096",
+            "--max-host-memory",
+            "64M",
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(&message(64)), "{}", stderr(&out));
+    assert!(peak < 64 + 48, "peak {peak} MiB");
+    // A command of 100 million accesses is queued a little at a time; stopped after two
+    // seconds, memvirt has stayed small.
+    let (out, peak) = run_watching_memory(
+        &[
+            "run",
+            "--workload",
+            "fork-storm",
+            "--param",
+            "forks=1",
+            "--param",
+            "work=100m",
+            "--max-host-memory",
+            "256M",
+        ],
+        Duration::from_secs(2),
+    );
+    assert!(matches!(out.status.code(), Some(0 | 143)), "{}", stderr(&out));
+    assert!(peak < 100, "peak {peak} MiB");
+}

@@ -313,6 +313,10 @@ fn build_mmap_churn(
     let ops = params.size("ops", 1)?;
     let live = usize::try_from(params.size("live", 1)?).unwrap_or(usize::MAX);
     let max_pages = params.size("max-pages", 1)?;
+    // Each mapping is touched page by page at once: bound it (1 << 20 pages is 4 GiB).
+    if max_pages > 1 << 20 {
+        return Err(params.error(format!("max-pages={max_pages}: at most 1048576")));
+    }
     let state = programs::MmapChurn::new(context.seed, ops, live, max_pages, context.page_size);
     Ok(Box::new(programs::Program::new(state, programs::steps::mmap_churn)))
 }
