@@ -729,8 +729,9 @@ fn workloads() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // bench has no partial result to give: a signal ends it at once.
-    cli::signals::install(matches!(cli.command, Command::Compare(_) | Command::Run(_) | Command::Explain(_)));
+    // The others have no partial result to give: a signal ends them at once.
+    let partial_results = matches!(cli.command, Command::Compare(_) | Command::Run(_) | Command::Explain(_));
+    cli::signals::install(partial_results);
     let result = match &cli.command {
         Command::Compare(args) => match compare(args) {
             Ok(true) => Ok(()),
@@ -745,6 +746,11 @@ fn main() -> ExitCode {
         Command::Workloads => workloads(),
     };
     match result {
+        // A signal is ending the process (it stopped valgrind, say, which ended this command
+        // first): the status is the signal's, as if it had ended the process itself.
+        Err(_) if !partial_results && cli::signals::interrupted_status().is_some() => {
+            cli::signals::interrupted_status().map_or(ExitCode::FAILURE, ExitCode::from)
+        }
         // Partial results were printed; say so in the status too.
         Ok(()) => cli::signals::interrupted_status().map_or(ExitCode::SUCCESS, ExitCode::from),
         Err(message) => {

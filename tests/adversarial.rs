@@ -331,8 +331,10 @@ fn interrupted_record_leaves_nothing_behind() {
     }
     let dir = fresh_dir("record-interrupted");
     let output = dir.join("x.mvt");
+    // A program that writes nothing for a while: valgrind would outlive memvirt unstopped.
+    let marker = format!("{}.25", std::process::id() % 1000 + 20);
     let child = memvirt()
-        .args(["record", "-o", path_str(&output), "--", "sleep", "2"])
+        .args(["record", "-o", path_str(&output), "--", "sleep", &marker])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -347,6 +349,22 @@ fn interrupted_record_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
     assert_eq!(leftovers(&dir), Vec::<String>::new());
     assert!(!output.exists());
+    // valgrind and the program were stopped with memvirt.
+    let still_running = || {
+        std::fs::read_dir("/proc")
+            .expect("lists /proc")
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+            .filter(|cmdline| {
+                let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                words.windows(2).any(|pair| pair[0].ends_with(b"sleep") && pair[1] == marker.as_bytes())
+            })
+            .count()
+    };
+    let started = Instant::now();
+    while still_running() > 0 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(still_running(), 0, "valgrind still runs after memvirt ended");
 }
 
 /// Item 7: a warm-up as long as the trace leaves nothing to count, and says so instead of

@@ -49,7 +49,10 @@ pub fn install(partial_results: bool) {
                 noteln!("\nmemvirt: {name}; finishing with the results so far ({again} again to quit)");
                 continue;
             }
+            // Unfinished outputs first: once valgrind is stopped, record would complete its
+            // output with what it has.
             memvirt::output_file::remove_unfinished();
+            memvirt::workload::recorder::stop_recording();
             std::process::exit(i32::from(status));
         }
     });

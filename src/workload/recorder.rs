@@ -4,7 +4,8 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
 use crate::output_file::OutputFile;
 use crate::workload::lackey::parse_line;
@@ -49,6 +50,7 @@ pub fn record(
         let _ = child.wait();
         return Err(WorkloadError::Other("valgrind's log pipe was not opened".into()));
     };
+    *running() = Some(child);
     let mut log = BufReader::with_capacity(1 << 20, stderr);
     let mut messages = Messages::default();
     let result = write_compact(
@@ -73,15 +75,15 @@ pub fn record(
         },
         progress,
     );
-    if result.is_err() {
-        // valgrind may be blocked writing to the pipe that nobody reads any more: waiting for
-        // it would never end.
-        let _ = child.kill();
-    }
     drop(log);
-    let status = child.wait().map_err(|e| WorkloadError::Other(format!("waiting for valgrind: {e}")))?;
     match result {
+        Ok(count) => {
+            wait_for_valgrind()?;
+            Ok(count)
+        }
+        // valgrind's log ended (it exited) with no access in it.
         Err(WorkloadError::Empty { .. }) => {
+            let status = wait_for_valgrind()?;
             let status =
                 status.code().map_or_else(|| status.to_string(), |code| format!("exit status {code}"));
             Err(WorkloadError::Other(format!(
@@ -90,7 +92,49 @@ pub fn record(
                 messages.summary()
             )))
         }
-        other => other,
+        // Writing failed: valgrind may be blocked writing to the pipe that nobody reads any
+        // more, and waiting for it would never end.
+        Err(e) => {
+            stop_recording();
+            Err(e)
+        }
+    }
+}
+
+/// The valgrind of the recording under way, where [`stop_recording`] can reach it.
+static RUNNING: Mutex<Option<Child>> = Mutex::new(None);
+
+fn running() -> std::sync::MutexGuard<'static, Option<Child>> {
+    RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ends the valgrind of the recording under way, if any: for a process about to end (a
+/// signal), which would otherwise leave valgrind and the program running without a reader.
+pub fn stop_recording() {
+    if let Some(mut child) = running().take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits for valgrind to end (polling, so [`stop_recording`] can take it meanwhile).
+fn wait_for_valgrind() -> Result<std::process::ExitStatus, WorkloadError> {
+    loop {
+        {
+            let mut slot = running();
+            let Some(child) = slot.as_mut() else {
+                return Err(WorkloadError::Other("valgrind was stopped".into()));
+            };
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    slot.take();
+                    return Ok(status);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(WorkloadError::Other(format!("waiting for valgrind: {e}"))),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
