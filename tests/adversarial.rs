@@ -831,3 +831,22 @@ fn max_host_memory_bounds_the_whole_process() {
     assert!(matches!(out.status.code(), Some(0 | 143)), "{}", stderr(&out));
     assert!(peak < 100, "peak {peak} MiB");
 }
+
+/// Item 5, `record`'s input: a program writing an endless line to its standard error (which
+/// shares valgrind's log pipe) no longer grows memvirt's line buffer with it.
+#[test]
+fn record_bounds_the_lines_it_reads() {
+    if !have_valgrind() {
+        return;
+    }
+    let dir = fresh_dir("record-long-line");
+    let script = dir.join("long-line.sh");
+    std::fs::write(&script, "head -c 200000000 /dev/zero | tr '\\0' x >&2\necho >&2\n").expect("writes");
+    let output = dir.join("x.mvt");
+    let (out, peak) =
+        run_watching_memory(&["record", "-o", path_str(&output), "--", "/bin/sh", path_str(&script)], LIMIT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(output.exists());
+    // The 200 MB line was read a bounded piece at a time (it once took 400 MB).
+    assert!(peak < 100, "peak {peak} MiB");
+}

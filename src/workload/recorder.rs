@@ -2,12 +2,13 @@
 //! and its trace is converted on the fly into the compact format.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use crate::output_file::OutputFile;
+use crate::workload::chunks::MAX_LINE_BYTES;
 use crate::workload::lackey::parse_line;
 use crate::workload::open::write_compact;
 use crate::workload::WorkloadError;
@@ -57,13 +58,22 @@ pub fn record(
         file,
         &mut |sink| {
             let mut line = Vec::new();
+            // Inside a line longer than any access line: the program's own output, skipped to
+            // its end a bounded piece at a time, so it cannot grow memory without end.
+            let mut overlong = false;
             loop {
                 line.clear();
-                let read = log
+                let read = (&mut log)
+                    .take(u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX))
                     .read_until(b'\n', &mut line)
                     .map_err(|e| WorkloadError::Other(format!("reading valgrind's output: {e}")))?;
                 if read == 0 {
                     return Ok(());
+                }
+                let whole = line.ends_with(b"\n");
+                if overlong || (!whole && line.len() >= MAX_LINE_BYTES) {
+                    overlong = !whole;
+                    continue;
                 }
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
                 match parse_line(text) {
