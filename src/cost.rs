@@ -30,6 +30,14 @@ pub struct CostModel {
     pub vm_exit: f64,
 }
 
+/// The most one event may cost: a millisecond at 1 GHz, far above any VM exit or fault in the
+/// literature. Bounding costs keeps the total below 2^64 (where it would saturate and every
+/// mode would show the same cycles) for any run of fewer than 2.6 x 10^12 events of each kind.
+pub const MAX_COST: f64 = 1_000_000.0;
+
+/// The largest cost file read: a few lines are all it ever needs.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
 impl Default for CostModel {
     fn default() -> Self {
         Self {
@@ -63,10 +71,19 @@ impl std::error::Error for CostFileError {}
 
 impl CostModel {
     /// Reads overrides from a TOML file of `key = number` lines; keys not given keep their
-    /// defaults, unknown keys and negative costs are errors.
+    /// defaults, unknown keys and costs outside 0 to [`MAX_COST`] are errors.
     pub fn from_file(path: &std::path::Path) -> Result<Self, CostFileError> {
         let error = |message: String| CostFileError { path: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        // Read at most a bound, so /dev/zero or a huge file cannot grow memory without end.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE_BYTES + 1), &mut text)
+            })
+            .map_err(|e| error(e.to_string()))?;
+        if text.len() > usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX) {
+            return Err(error(format!("larger than {MAX_FILE_BYTES} bytes: this is not a cost file")));
+        }
         Self::from_toml(&text).map_err(error)
     }
 
@@ -83,8 +100,8 @@ impl CostModel {
             model.guest_page_fault,
             model.vm_exit,
         ];
-        if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err("every cost must be a finite number of cycles, 0 or more".to_string());
+        if values.iter().any(|v| !(0.0..=MAX_COST).contains(v)) {
+            return Err(format!("every cost must be a number of cycles from 0 to {MAX_COST}"));
         }
         Ok(model)
     }
@@ -100,7 +117,7 @@ impl CostModel {
             + c(stats.ad_writes, self.ad_write)
             + c(stats.guest_page_faults, self.guest_page_fault)
             + c(stats.vm_exits.total, self.vm_exit);
-        // Non-negative and far below 2^64 for any run that fits in memory.
+        // Non-negative, and below 2^64 while every count is (see `MAX_COST`).
         total.max(0.0).round() as u64
     }
 }

@@ -15,7 +15,8 @@
 //!   paging (EPT, NPT);
 //! - [`workload`] drives the guest from builtin scenarios or real traces;
 //! - [`sim`] wires these together and counts what each design costs; [`cost`] turns counts
-//!   into estimated cycles; [`report`] prints them.
+//!   into estimated cycles; [`report`] prints them; [`output_file`] writes the files that
+//!   hold them.
 //!
 //! # Example
 //!
@@ -44,6 +45,7 @@ pub mod ept;
 pub mod guest;
 pub mod host;
 pub mod memory;
+pub mod output_file;
 pub mod paging;
 pub mod report;
 pub mod sim;

@@ -5,11 +5,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use cli::console::{note, noteln, out, outln};
 use memvirt::addr::{Gva, PageSize, PagingLevels};
+use memvirt::output_file::OutputFile;
 use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::compare::WorkloadFactory;
 use memvirt::sim::{self, ModeName, SimConfig};
@@ -18,6 +19,24 @@ use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::scheduler::Interleave;
 use memvirt::workload::Workload;
+
+mod cli;
+
+/// Every heap allocation of the process, counted, so `--max-host-memory` is one budget for
+/// the whole process: every mode of a comparison, the workloads' queues, the VMM's metadata,
+/// not only the page tables each mode stores. No limit is set here (an allocation over a
+/// limit would abort); the runs check the count and stop with a message.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Bytes the process has allocated now.
+fn allocated_bytes() -> u64 {
+    u64::try_from(ALLOCATOR.allocated()).unwrap_or(u64::MAX)
+}
+
+/// The largest single TLB level `--tlb-entries` builds: 32 MiB of entries. Real TLBs hold a
+/// few thousand; a larger request would only exhaust memory (an allocation failure aborts).
+const MAX_TLB_ENTRIES: usize = 1 << 20;
 
 /// The scenario used when neither --workload nor --trace is given.
 const DEFAULT_WORKLOAD: &str = "mixed";
@@ -87,7 +106,7 @@ struct ExplainArgs {
     /// The virtualization design.
     #[arg(long, value_enum, default_value_t = ModeName::Ept)]
     mode: ModeName,
-    /// The guest-virtual address to translate (hexadecimal, 0x optional).
+    /// The guest-virtual address to translate: hexadecimal with 0x, or decimal.
     #[arg(long, value_name = "ADDR", value_parser = parse_gva)]
     gva: Gva,
     /// The kind of access.
@@ -278,8 +297,8 @@ struct MachineArgs {
     /// defaults.
     #[arg(long, value_name = "FILE")]
     cost: Option<PathBuf>,
-    /// The most memory the simulation may use for page tables and other stored frames, e.g.
-    /// 4G [default: half of this machine's memory].
+    /// The most memory memvirt may allocate, all modes and workloads together, e.g. 4G
+    /// [default: half of this machine's memory].
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     max_host_memory: Option<u64>,
     /// Guest RAM, e.g. 64G.
@@ -295,24 +314,6 @@ fn default_memory_limit() -> u64 {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     });
     total_kib.map_or(8 << 30, |kib| kib * 1024 / 2)
-}
-
-/// A flag set by the first Ctrl-C: runs stop at their next check and report what they have.
-/// A second Ctrl-C ends the process at once.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&flag);
-        let _ = ctrlc::set_handler(move || {
-            if seen.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nmemvirt: interrupted; finishing with the results so far (Ctrl-C again to quit)");
-        });
-        flag
-    })
-    .clone()
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -343,10 +344,17 @@ fn parse_host_page_size(text: &str) -> Result<PageSize, String> {
     }
 }
 
+/// A guest-virtual address: hexadecimal with `0x` or decimal. A bare `10000000` is decimal,
+/// as everywhere else on the command line, not silently hexadecimal.
 fn parse_gva(text: &str) -> Result<Gva, String> {
-    let digits = text.trim_start_matches("0x").trim_start_matches("0X");
-    let raw = u64::from_str_radix(digits, 16)
-        .map_err(|_| format!("expected a hexadecimal address, found '{text}'"))?;
+    let hex = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
+    let raw = match hex {
+        Some(digits) => u64::from_str_radix(digits, 16).ok(),
+        None => text.parse::<u64>().ok(),
+    }
+    .ok_or_else(|| {
+        format!("expected an address, hexadecimal with 0x (0x10000000) or decimal, found '{text}'")
+    })?;
     Gva::try_new(raw).map_err(|e| e.to_string())
 }
 
@@ -367,7 +375,8 @@ impl MachineArgs {
             config.cost = memvirt::cost::CostModel::from_file(path).map_err(|e| e.to_string())?;
         }
         config.max_host_memory = self.max_host_memory.unwrap_or_else(default_memory_limit);
-        config.stop = Some(interrupt_flag());
+        config.memory_in_use = Some(allocated_bytes);
+        config.stop = Some(cli::signals::stop_flag());
         config.walk_caches = !self.no_walk_caches;
         config.vms = usize::try_from(self.vms).unwrap_or(1);
         config.warmup = workload.warmup;
@@ -397,6 +406,11 @@ impl MachineArgs {
                     "--tlb-entries {entries} --tlb-ways {ways}: entries must be a positive multiple of ways"
                 ));
             }
+            if entries > MAX_TLB_ENTRIES {
+                return Err(format!(
+                    "--tlb-entries {entries}: at most {MAX_TLB_ENTRIES} entries (real TLBs hold a few thousand)"
+                ));
+            }
             config.tlb = TlbConfig::Single { entries, ways, split_large: self.tlb_split_large };
         }
         Ok(config)
@@ -404,6 +418,23 @@ impl MachineArgs {
 }
 
 impl WorkloadArgs {
+    /// For commands that read each trace more than once (every mode of `compare`, every VM of
+    /// `--vms`): each must be a file that can be read again from its start. A pipe
+    /// (`cat t | memvirt compare --trace /dev/stdin`) would give each reader a different part
+    /// of the trace.
+    fn check_rereadable(&self, readers: &str) -> Result<(), String> {
+        for path in &self.trace {
+            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !meta.is_file() {
+                return Err(format!(
+                    "{}: {readers} reads the trace from its start, so it must be a regular file, not a pipe or device; save it to a file first",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn open(&self, config: &SimConfig) -> Result<(Box<dyn Workload>, serde_json::Value), String> {
         if !self.trace.is_empty() {
             if !self.params.is_empty() {
@@ -432,6 +463,9 @@ fn run(args: &RunArgs) -> Result<(), String> {
     let mut config = args.machine.config(&args.workload)?;
     // Debug builds always check; release builds when asked.
     config.verify = args.check_isolation || cfg!(debug_assertions);
+    if config.vms > 1 {
+        args.workload.check_rereadable("each VM of --vms")?;
+    }
     let (first, description) = args.workload.open(&config)?;
     let mut copies = vec![first];
     for _ in 1..config.vms {
@@ -447,12 +481,12 @@ fn run(args: &RunArgs) -> Result<(), String> {
             map.insert("workload".into(), description);
             map.insert("config".into(), serde_json::to_value(&config).map_err(|e| e.to_string())?);
         }
-        println!("{object}");
+        outln!("{object}")?;
     } else {
-        print!("{}", memvirt::report::run_table(&report));
+        out!("{}", memvirt::report::run_table(&report))?;
     }
     if let Some(first) = &report.verification.first_mismatch {
-        eprintln!("memvirt: isolation check failed: {}", describe(Some(first)));
+        noteln!("memvirt: isolation check failed: {}", describe(Some(first)));
         std::process::exit(3);
     }
     Ok(())
@@ -464,8 +498,10 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     if args.html.is_some() {
         config.explain = Some(memvirt::sim::ExplainTarget::FirstAccess);
     }
+    args.workload.check_rereadable("each mode of compare")?;
     // Open once up front so a bad trace or parameter fails before any thread starts.
     let (_, description) = args.workload.open(&config)?;
+    let (csv, html) = (open_output(args.csv.as_deref())?, open_output(args.html.as_deref())?);
     let factory =
         || args.workload.open(&config).map(|(w, _)| w).map_err(memvirt::workload::WorkloadError::Other);
     let progress: Vec<AtomicU64> = args.modes.iter().map(|_| AtomicU64::new(0)).collect();
@@ -482,31 +518,32 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
         let object = serde_json::json!({
             "workload": description,
             "config": config,
-            "verified": comparison.verified,
+            // null when nothing was checked (--no-verify): not a claim that all matched.
+            "verified": comparison.verify.then_some(comparison.verified),
             "mismatch": comparison.mismatch,
+            "interrupted": comparison.interrupted,
             "modes": comparison.reports,
         });
-        println!("{object}");
+        outln!("{object}")?;
     } else {
-        print!("{}", memvirt::report::comparison_table(&comparison));
+        if comparison.interrupted {
+            let accesses = comparison.reports.first().map_or(0, |r| r.stats.accesses);
+            outln!("interrupted: every mode stopped after the same {accesses} counted accesses; the figures cover those")?;
+        }
+        out!("{}", memvirt::report::comparison_table(&comparison))?;
         let c = &config.cost;
-        println!(
+        outln!(
             "cycles from: access {} + L1 TLB hit {} + L2 TLB hit {} + walk reference {} + A/D write {} + guest page fault {} + VM exit {} (--cost FILE to change)",
             c.access, c.tlb_l1_hit, c.tlb_l2_hit, c.walk_ref, c.ad_write, c.guest_page_fault, c.vm_exit
-        );
+        )?;
         if comparison.verify && comparison.verified {
-            println!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA");
+            outln!("verified: every access gave the same GPA or fault in every mode, and every HPA matched GVA -> GPA -> HVA -> HPA")?;
         }
     }
-    if let Some(path) = &args.csv {
-        write_atomically(path, memvirt::report::comparison_csv(&comparison).as_bytes())?;
-    }
-    if let Some(path) = &args.html {
-        let html = memvirt::report::comparison_html(&comparison, &description, &config);
-        write_atomically(path, html.as_bytes())?;
-    }
+    write_output(csv, || memvirt::report::comparison_csv(&comparison))?;
+    write_output(html, || memvirt::report::comparison_html(&comparison, &description, &config))?;
     if let Some(mismatch) = &comparison.mismatch {
-        eprintln!(
+        noteln!(
             "memvirt: verification failed: {} and {} disagree
   {}: {}
   {}: {}",
@@ -520,7 +557,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     }
     for report in &comparison.reports {
         if let Some(first) = &report.verification.first_mismatch {
-            eprintln!(
+            noteln!(
                 "memvirt: verification failed in {}: the hardware path used a different HPA than GVA -> GPA -> HVA -> HPA
   {}",
                 report.mode,
@@ -536,11 +573,10 @@ fn describe(observed: Option<&memvirt::sim::verify::Observed>) -> String {
         None => "no such access (the run ended earlier)".to_string(),
         Some(o) => {
             format!(
-                "translation #{} of process {}: {:?} {:?} at GVA {} -> {:?}, HPA {}, expected HPA {}",
+                "translation #{} of process {}: {} at GVA {} -> {}, HPA {}, expected HPA {}",
                 o.translation,
                 o.pid,
-                o.access.privilege,
-                o.access.kind,
+                format!("{:?} {:?}", o.access.privilege, o.access.kind).to_lowercase(),
                 o.gva,
                 o.seen,
                 o.hpa.map_or("-".to_string(), |h| h.to_string()),
@@ -568,25 +604,26 @@ fn show_progress(modes: &[ModeName], progress: &[AtomicU64], done: &AtomicBool) 
                 .zip(progress)
                 .map(|(mode, count)| format!("{mode} {}k", count.load(Ordering::Relaxed) / 1000))
                 .collect();
-            eprint!("\r\x1b[2Kaccesses done: {}", parts.join("  "));
+            note!("\r\x1b[2Kaccesses done: {}", parts.join("  "));
             shown = true;
         }
     }
     if shown {
-        eprint!("\r\x1b[2K");
+        note!("\r\x1b[2K");
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a failed
-/// run never leaves a half-written file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".partial");
-    let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        format!("{}: {e}", path.display())
-    })
+/// Opens an output file before the run that fills it, so a path that cannot be written fails
+/// at once instead of after the whole simulation.
+fn open_output(path: Option<&std::path::Path>) -> Result<Option<OutputFile>, String> {
+    path.map(|path| OutputFile::create(path).map_err(|e| format!("{}: {e}", path.display()))).transpose()
+}
+
+/// Writes `bytes` to an output file opened by [`open_output`] and completes it.
+fn write_output(output: Option<OutputFile>, bytes: impl FnOnce() -> String) -> Result<(), String> {
+    let Some(output) = output else { return Ok(()) };
+    let path = output.path().display().to_string();
+    output.write_all_and_finish(bytes().as_bytes()).map_err(|e| format!("{path}: {e}"))
 }
 
 fn explain(args: &ExplainArgs) -> Result<(), String> {
@@ -598,16 +635,15 @@ fn explain(args: &ExplainArgs) -> Result<(), String> {
     };
     config.explain = Some(memvirt::sim::ExplainTarget::Address(args.gva, Access::new(kind, Privilege::User)));
     let (mut workload, _) = args.workload.open(&config)?;
+    let svg = open_output(args.svg.as_deref())?;
     let report = sim::run(args.mode, &config, workload.as_mut()).map_err(|e| e.to_string())?;
     let explanation = report.explanation.ok_or("the workload created no process to translate in")?;
     if args.json {
-        println!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&explanation).map_err(|e| e.to_string())?)?;
     } else {
-        print!("{}", memvirt::report::explanation_table(&explanation));
+        out!("{}", memvirt::report::explanation_table(&explanation))?;
     }
-    if let Some(path) = &args.svg {
-        write_atomically(path, memvirt::report::explanation_svg(&explanation).as_bytes())?;
-    }
+    write_output(svg, || memvirt::report::explanation_svg(&explanation))?;
     Ok(())
 }
 
@@ -659,33 +695,33 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     let mut results = Vec::new();
     for (_, name, factory) in cases.iter().filter(|(case, ..)| args.cases.contains(case)) {
         if terminal {
-            eprint!("\rmeasuring {name} ...\x1b[K");
+            note!("\rmeasuring {name} ...\x1b[K");
         }
         results.push(measure(name, &modes, &config, factory, args.rounds).map_err(|e| e.to_string())?);
     }
     if terminal {
-        eprint!("\r\x1b[K");
+        note!("\r\x1b[K");
     }
     if args.json {
-        println!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&results).map_err(|e| e.to_string())?)?;
         return Ok(());
     }
     for result in &results {
-        println!(
+        outln!(
             "{}: read alone {:.1} M operations/s; floor {:.1} M accesses/s",
             result.workload,
             result.read_per_second / 1e6,
             result.floor_per_second / 1e6
-        );
+        )?;
         for m in &result.modes {
-            println!(
+            outln!(
                 "  {:<7} {:>9} accesses in {:>7.3} s = {:>7.2} M/s  ({:.3}x floor)",
                 m.mode.to_string(),
                 m.accesses,
                 m.seconds,
                 m.per_second / 1e6,
                 m.ratio_to_floor
-            );
+            )?;
         }
     }
     Ok(())
@@ -696,7 +732,7 @@ fn record_progress(verb: &'static str) -> impl FnMut(u64) {
     let terminal = std::io::stderr().is_terminal();
     move |count| {
         if terminal {
-            eprint!("\r{verb} {:.1} M accesses", count as f64 / 1e6);
+            note!("\r{verb} {:.1} M accesses", count as f64 / 1e6);
         }
     }
 }
@@ -706,7 +742,7 @@ fn record(args: &RecordArgs) -> Result<(), String> {
     let count =
         memvirt::workload::recorder::record(&args.valgrind, &args.command, &args.output, &mut progress)
             .map_err(|e| e.to_string())?;
-    eprintln!("\rrecorded {count} accesses to {}", args.output.display());
+    noteln!("\rrecorded {count} accesses to {}", args.output.display());
     Ok(())
 }
 
@@ -714,19 +750,24 @@ fn convert(args: &ConvertArgs) -> Result<(), String> {
     let mut progress = record_progress("converted");
     let count = memvirt::workload::open::convert(&args.input, &args.output, &mut progress)
         .map_err(|e| e.to_string())?;
-    eprintln!("\rconverted {count} accesses to {}", args.output.display());
+    noteln!("\rconverted {count} accesses to {}", args.output.display());
     Ok(())
 }
 
-fn workloads() {
+fn workloads() -> Result<(), String> {
     for spec in SCENARIOS {
         let params: Vec<String> = spec.params.iter().map(|(key, value)| format!("{key}={value}")).collect();
-        println!("{:<16} {} [{}]", spec.name, spec.description, params.join(" "));
+        let params = if params.is_empty() { "no parameters".to_string() } else { params.join(" ") };
+        outln!("{:<16} {} [{params}]", spec.name, spec.description)?;
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The others have no partial result to give: a signal ends them at once.
+    let partial_results = matches!(cli.command, Command::Compare(_) | Command::Run(_) | Command::Explain(_));
+    cli::signals::install(partial_results);
     let result = match &cli.command {
         Command::Compare(args) => match compare(args) {
             Ok(true) => Ok(()),
@@ -738,17 +779,18 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Record(args) => record(args),
         Command::Convert(args) => convert(args),
-        Command::Workloads => {
-            workloads();
-            Ok(())
-        }
+        Command::Workloads => workloads(),
     };
     match result {
+        // A signal is ending the process (it stopped valgrind, say, which ended this command
+        // first): the status is the signal's, as if it had ended the process itself.
+        Err(_) if !partial_results && cli::signals::interrupted_status().is_some() => {
+            cli::signals::interrupted_status().map_or(ExitCode::FAILURE, ExitCode::from)
+        }
         // Partial results were printed; say so in the status too.
-        Ok(()) if interrupt_flag().load(Ordering::Relaxed) => ExitCode::from(130),
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => cli::signals::interrupted_status().map_or(ExitCode::SUCCESS, ExitCode::from),
         Err(message) => {
-            eprintln!("memvirt: error: {message}");
+            noteln!("memvirt: error: {message}");
             ExitCode::FAILURE
         }
     }

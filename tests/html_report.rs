@@ -194,7 +194,8 @@ fn missing_explanations_and_awkward_text_give_notes_not_panics() {
     assert!(html.contains("explained no translation"));
     assert!(html.contains("/tmp/&lt;b&gt;&quot;odd&quot; &amp; &#39;name&#39;.lackey"));
     assert!(!html.contains("<b>\"odd\""));
-    let empty = Comparison { reports: Vec::new(), verify: false, verified: true, mismatch: None };
+    let empty =
+        Comparison { reports: Vec::new(), verify: false, verified: true, mismatch: None, interrupted: false };
     let html = comparison_html(&empty, &serde_json::Value::Null, &config);
     assert!(html.contains("not part of this comparison") && html.contains("Not verified"));
 }

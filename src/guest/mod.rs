@@ -5,6 +5,7 @@
 //! CR3 load and INVLPG goes through [`Platform`], which the active virtualization mode
 //! mediates exactly where hardware would trap.
 
+pub mod frames;
 pub mod kernel;
 pub mod page_table;
 pub mod platform;

@@ -2,9 +2,10 @@
 //! memory, reached through [`Platform`] so every read and write is seen by the virtualization
 //! mode.
 
-use crate::addr::{Gfn, Gpa, Gva, Level, PageSize, PagingLevels};
+use crate::addr::{Gpa, Gva, Level, PageSize, PagingLevels};
+use crate::guest::frames::GuestFrames;
 use crate::guest::platform::Platform;
-use crate::memory::{FrameAllocator, OutOfFrames};
+use crate::memory::OutOfFrames;
 use crate::paging::builder::{self, EntryFormat, InstallError, Slot, TableStore};
 use crate::paging::Pte;
 
@@ -19,7 +20,7 @@ pub struct GuestTables<'a, P> {
     /// The machine.
     pub platform: &'a mut P,
     /// Where new table frames come from.
-    pub frames: &'a mut FrameAllocator<Gfn>,
+    pub frames: &'a mut GuestFrames,
 }
 
 impl<P: Platform> TableStore<Gpa> for GuestTables<'_, P> {

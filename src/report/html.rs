@@ -51,6 +51,13 @@ pub fn comparison_html(comparison: &Comparison, workload: &serde_json::Value, co
         escape(&workload_text),
         escape(&describe_config(config))
     );
+    if comparison.interrupted {
+        let accesses = comparison.reports.first().map_or(0, |r| r.stats.accesses);
+        let _ = writeln!(
+            out,
+            "<p id=\"interrupted\" class=\"off\"><b>Interrupted:</b> every mode stopped after the same {accesses} counted accesses; the figures and the verification cover those.</p>"
+        );
+    }
     out.push_str(&verification_html(comparison));
 
     out.push_str("<h2>Side by side</h2>\n");
@@ -200,8 +207,12 @@ fn describe_observed(observed: Option<&Observed>) -> String {
     match observed {
         None => "no answer (the run ended first)".to_string(),
         Some(o) => format!(
-            "translation {} of process {:?}, {:?} at GVA {}: {:?}",
-            o.translation, o.pid, o.access.kind, o.gva, o.seen
+            "translation {} of process {}, {} at GVA {}: {}",
+            o.translation,
+            o.pid,
+            format!("{:?}", o.access.kind).to_lowercase(),
+            o.gva,
+            o.seen
         ),
     }
 }

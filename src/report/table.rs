@@ -140,7 +140,7 @@ pub fn comparison_csv(comparison: &Comparison) -> String {
         out.push(',');
         out.push_str(row.key);
     }
-    out.push_str(",verified\n");
+    out.push_str(",verified,interrupted\n");
     for report in &comparison.reports {
         out.push_str(&report.mode.to_string());
         for row in &rows {
@@ -152,7 +152,7 @@ pub fn comparison_csv(comparison: &Comparison) -> String {
             Some(false) => "false",
             None => "",
         };
-        let _ = writeln!(out, ",{verified}");
+        let _ = writeln!(out, ",{verified},{}", report.stats.interrupted);
     }
     out
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use serde::Serialize;
 
 use crate::sim::run::{run_vms, ModeName, RunReport, SimConfig, SimError};
+use crate::sim::stop_together::StopTogether;
 use crate::sim::verify::{Observed, CHUNK};
 use crate::workload::{Workload, WorkloadError};
 
@@ -41,6 +42,9 @@ pub struct Comparison {
     pub verified: bool,
     /// The first cross-mode disagreement, if any.
     pub mismatch: Option<CrossMismatch>,
+    /// Interrupted: every mode stopped after the same number of accesses, and the counters
+    /// and the verification cover those.
+    pub interrupted: bool,
 }
 
 /// Runs the workload in every mode of `modes`, in parallel; `progress[i]` counts mode `i`'s
@@ -52,6 +56,13 @@ pub fn compare(
     progress: &[AtomicU64],
 ) -> Result<Comparison, SimError> {
     let fallback = AtomicU64::new(0);
+    // Interrupted, every mode stops at the same access count, so the counters and the
+    // verification cover the same work.
+    let mut config = config.clone();
+    if config.stop.is_some() {
+        config.stop_together = Some(std::sync::Arc::new(StopTogether::new(modes.len())));
+    }
+    let config = &config;
     let results: Vec<Result<RunReport, SimError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = modes
             .iter()
@@ -86,7 +97,8 @@ pub fn compare(
             }
         }
     }
-    Ok(Comparison { reports, verify: config.verify, verified, mismatch })
+    let interrupted = reports.iter().any(|r| r.stats.interrupted);
+    Ok(Comparison { reports, verify: config.verify, verified, mismatch, interrupted })
 }
 
 /// Runs `mode` with one fresh copy of the workload per VM.
@@ -112,6 +124,9 @@ fn locate(
     factory: &WorkloadFactory<'_>,
 ) -> Result<CrossMismatch, SimError> {
     let mut recording = config.clone();
+    // The chunk is recorded even after an interrupt (a second one still ends the process).
+    recording.stop = None;
+    recording.stop_together = None;
     recording.record = Some(chunk * CHUNK..(chunk + 1) * CHUNK);
     let record = |m: ModeName| -> Result<Vec<Observed>, SimError> {
         let report = run_copies(m, &recording, factory, &AtomicU64::new(0))?;

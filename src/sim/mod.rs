@@ -8,6 +8,7 @@ pub mod prefetch;
 pub mod recent_pages;
 pub mod run;
 pub mod stats;
+pub mod stop_together;
 pub mod verify;
 
 pub use machine::Machine;

@@ -15,6 +15,7 @@ use crate::sim::machine::Machine;
 use crate::sim::prefetch::Prefetcher;
 use crate::sim::recent_pages::RecentPages;
 use crate::sim::stats::Stats;
+use crate::sim::stop_together::Member;
 use crate::sim::verify::{SeenRaw, Verification, Verifier};
 use crate::tlb::TlbConfig;
 use crate::vcpu::{PageOutcome, Vcpu};
@@ -84,9 +85,17 @@ pub struct SimConfig {
     /// The most simulated memory (bytes of frames holding data) a run may use before it stops
     /// with an error.
     pub max_host_memory: u64,
+    /// How many bytes the process uses now, checked against `max_host_memory` (the command
+    /// line counts every allocation); without it, the bytes of frames the mode stores.
+    #[serde(skip)]
+    pub memory_in_use: Option<fn() -> u64>,
     /// Set from another thread (Ctrl-C) to stop the run early with the counters so far.
     #[serde(skip)]
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// With `stop`, in a comparison: where the modes agree on the access count they all stop
+    /// at (see [`crate::sim::stop_together`]); without it a run stops where it is.
+    #[serde(skip)]
+    pub stop_together: Option<std::sync::Arc<crate::sim::stop_together::StopTogether>>,
     /// Guests on the host, each running its own copy of the workload (1 unless `--vms`).
     pub vms: usize,
     /// Accesses left out of the counters at the start of the run.
@@ -124,6 +133,8 @@ impl Default for SimConfig {
             vms: 1,
             max_host_memory: 8 << 30,
             stop: None,
+            memory_in_use: None,
+            stop_together: None,
             nested_levels: PagingLevels::Four,
             host_page_size: PageSize::Size4K,
             ept_ad: true,
@@ -153,6 +164,13 @@ pub enum SimError {
         /// The limit.
         limit: u64,
     },
+    /// `--warmup` covers every access of the workload: none would be counted.
+    WarmupCoversAll {
+        /// The accesses to leave out.
+        warmup: u64,
+        /// The accesses the workload made.
+        accesses: u64,
+    },
 }
 
 impl fmt::Display for SimError {
@@ -163,9 +181,13 @@ impl fmt::Display for SimError {
             Self::Internal(message) => f.write_str(message),
             Self::MemoryLimit { used, limit } => write!(
                 f,
-                "the run needs more than --max-host-memory {} MiB of simulated memory ({} MiB in use); raise the limit or shrink the workload",
+                "the run needs more memory than --max-host-memory {} MiB allows ({} MiB in use); raise the limit or shrink the workload",
                 limit >> 20,
                 used >> 20
+            ),
+            Self::WarmupCoversAll { warmup, accesses } => write!(
+                f,
+                "--warmup {warmup} leaves out every access: the workload makes only {accesses}; give a smaller warm-up"
             ),
         }
     }
@@ -176,7 +198,7 @@ impl std::error::Error for SimError {
         match self {
             Self::Workload(e) => Some(e),
             Self::Kernel(e) => Some(e),
-            Self::Internal(_) | Self::MemoryLimit { .. } => None,
+            Self::Internal(_) | Self::MemoryLimit { .. } | Self::WarmupCoversAll { .. } => None,
         }
     }
 }
@@ -273,8 +295,13 @@ pub fn run_vms(
     })
 }
 
-/// How often (in accesses) a run publishes its progress.
+/// How often (in accesses) a run publishes its progress and looks at the stop flag.
 const PROGRESS_EVERY: u64 = 1 << 16;
+
+/// How often (in accesses) a run checks its memory against `max_host_memory`: often enough
+/// that it stops close to the limit (page tables grow by at most a few frames per access),
+/// rarely enough to cost nothing measurable. A divisor of [`PROGRESS_EVERY`].
+const MEMORY_CHECK_EVERY: u64 = 1 << 10;
 
 /// With several VMs, the accesses each runs before the next one's turn.
 pub const VM_QUANTUM: u64 = 10_000;
@@ -339,6 +366,7 @@ fn run_with<M: Mode>(
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;
         guests.push(Guest { machine, kernel, first_access: None });
     }
+    let mut member = Member::new(config.stop_together.as_deref());
     let mut feeds: Vec<_> = workloads.iter_mut().map(|w| Feed::new(&mut **w)).collect();
     let mut verifier = Verifier::new(config.verify, config.record.clone());
     let mut total_accesses = 0u64;
@@ -356,7 +384,7 @@ fn run_with<M: Mode>(
         }
         // The warm-up's end: the counters restart right before the next access.
         let restart = warming_up && total_accesses == config.warmup;
-        let mut budget = PROGRESS_EVERY - total_accesses % PROGRESS_EVERY;
+        let mut budget = MEMORY_CHECK_EVERY - total_accesses % MEMORY_CHECK_EVERY;
         if warming_up && !restart {
             budget = budget.min(config.warmup - total_accesses);
         }
@@ -381,14 +409,21 @@ fn run_with<M: Mode>(
             }
             SliceEnd::Budget => {}
         }
-        if done > 0 && total_accesses % PROGRESS_EVERY == 0 {
-            progress.store(total_accesses, Ordering::Relaxed);
-            // VMs on one host share its memory: the largest view is the whole.
-            let used_bytes = guests[turn].machine.mode.stored_bytes();
+        if done > 0 && total_accesses % MEMORY_CHECK_EVERY == 0 {
+            // The whole process when the caller counts it; else this host's stored frames
+            // (VMs on one host share its memory: the largest view is the whole).
+            let used_bytes = config
+                .memory_in_use
+                .map_or_else(|| guests[turn].machine.mode.stored_bytes(), |in_use| in_use());
             if used_bytes > config.max_host_memory {
                 return Err(SimError::MemoryLimit { used: used_bytes, limit: config.max_host_memory });
             }
-            if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+        }
+        if done > 0 && total_accesses % PROGRESS_EVERY == 0 {
+            progress.store(total_accesses, Ordering::Relaxed);
+            if config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed))
+                && member.stop_now(total_accesses)
+            {
                 interrupted = true;
                 break;
             }
@@ -397,6 +432,11 @@ fn run_with<M: Mode>(
             used = 0;
             turn = (turn + 1) % guests.len();
         }
+    }
+    member.ended(total_accesses);
+    // The warm-up never ended: nothing was measured. (An interrupted run reports what it has.)
+    if warming_up && !interrupted {
+        return Err(SimError::WarmupCoversAll { warmup: config.warmup, accesses: total_accesses });
     }
     let mut total = Stats::default();
     for guest in &guests {
@@ -689,17 +729,21 @@ fn access<M: Mode>(
     if within_one_page(va, size) {
         return access_page(machine, kernel, verifier, pid, va, access);
     }
-    let last = va.as_u64().saturating_add(u64::from(size.max(1)) - 1);
+    // The access's last byte, or `None` when its bytes run past 2^64: the pages below the top
+    // of the address space are translated, and the rest counts as a #GP, as past the canonical
+    // boundary (the page loop must not compare saturated addresses, which never pass the end).
+    let last = va.as_u64().checked_add(u64::from(size.max(1)) - 1);
     let mut page = va;
     loop {
         access_page(machine, kernel, verifier, pid, page, access)?;
-        let next = page.align_down(PageSize::Size4K).as_u64().saturating_add(PAGE_BYTES);
-        if next > last {
+        let number = page.as_u64() / PAGE_BYTES;
+        if last.is_some_and(|last| number >= last / PAGE_BYTES) {
             return Ok(());
         }
-        match Gva::try_new(next) {
-            Ok(va) => page = va,
-            Err(_) => {
+        let next = number.checked_add(1).and_then(|n| n.checked_mul(PAGE_BYTES)).map(Gva::try_new);
+        match next {
+            Some(Ok(va)) => page = va,
+            Some(Err(_)) | None => {
                 machine.vcpu.stats.general_protection += 1;
                 return Ok(());
             }

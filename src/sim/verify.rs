@@ -32,6 +32,17 @@ pub enum Seen {
     Emulated,
 }
 
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gpa(gpa) => write!(f, "GPA {gpa}"),
+            Self::Fault(code) => write!(f, "page fault, error code {:#x} ({code})", code.bits()),
+            Self::GeneralProtection => f.write_str("#GP (non-canonical address)"),
+            Self::Emulated => f.write_str("emulated by the VMM (MMIO)"),
+        }
+    }
+}
+
 /// One translation the verifier looked at, for reports of a mismatch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 pub struct Observed {

@@ -3,6 +3,10 @@
 
 use std::io::Read;
 
+/// The longest line a text trace may have. Lackey's lines are tens of bytes; valgrind's own
+/// messages and a program's stderr lines are short too.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// A reader's bytes, buffered in chunks. Unconsumed bytes stay at the front when more are read.
 pub struct Chunks<R> {
     reader: R,
@@ -60,13 +64,21 @@ impl<R: Read> Chunks<R> {
         Ok(())
     }
 
-    /// The next line without its newline (the last may lack one), or `None` at the end.
+    /// The next line without its newline (the last may lack one), or `None` at the end. A
+    /// line longer than [`MAX_LINE_BYTES`] is an error (`InvalidData`): the input is not a
+    /// text trace (`/dev/zero`, a binary file), and reading on would grow without bound.
     pub fn next_line(&mut self) -> std::io::Result<Option<&[u8]>> {
         loop {
             if let Some(newline) = memchr::memchr(b'\n', self.available()) {
                 let from = self.start;
                 self.start += newline + 1;
                 return Ok(Some(&self.buffer[from..from + newline]));
+            }
+            if self.available().len() > MAX_LINE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a line longer than {MAX_LINE_BYTES} bytes: this is not a text trace"),
+                ));
             }
             if self.eof {
                 if self.start == self.end {

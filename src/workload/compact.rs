@@ -82,14 +82,19 @@ impl<W: Write + Seek> CompactWriter<W> {
         self.count
     }
 
-    /// Patches the record count into the header and flushes.
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    /// Patches the record count into the header and flushes; returns the count and the
+    /// output. On an output that cannot seek (a pipe, a terminal) the count stays 0, "not
+    /// known", as for any stream.
+    pub fn finish(mut self) -> std::io::Result<(u64, W)> {
         self.out.flush()?;
         let mut inner = self.out.into_inner().map_err(|e| e.into_error())?;
-        inner.seek(SeekFrom::Start(16))?;
-        inner.write_all(&self.count.to_le_bytes())?;
+        match inner.seek(SeekFrom::Start(16)) {
+            Ok(_) => inner.write_all(&self.count.to_le_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotSeekable => {}
+            Err(e) => return Err(e),
+        }
         inner.flush()?;
-        Ok(self.count)
+        Ok((self.count, inner))
     }
 }
 
@@ -101,6 +106,8 @@ pub struct CompactTrace<R> {
     header_read: bool,
     spawned: bool,
     records: u64,
+    /// The record count the header gives; 0 when not known (a stream).
+    promised: u64,
 }
 
 impl<R: Read> CompactTrace<R> {
@@ -113,6 +120,7 @@ impl<R: Read> CompactTrace<R> {
             header_read: false,
             spawned: false,
             records: 0,
+            promised: 0,
         }
     }
 
@@ -145,6 +153,15 @@ impl<R: Read> CompactTrace<R> {
                 "compact trace version {version} with {record_bytes}-byte records; this memvirt reads version {VERSION} with {RECORD_BYTES}-byte records"
             )));
         }
+        if header[12..16] != [0; 4] {
+            return Err(error("unknown flags (bytes 12-15 must be zero)"));
+        }
+        if header[24..32] != [0; 8] {
+            return Err(error("reserved bytes 24-31 are not zero"));
+        }
+        let mut count = [0u8; 8];
+        count.copy_from_slice(&header[16..24]);
+        self.promised = u64::from_le_bytes(count);
         self.chunks.consume(HEADER_BYTES);
         self.header_read = true;
         Ok(())
@@ -165,10 +182,16 @@ impl<R: Read> CompactTrace<R> {
         }
     }
 
-    /// The end of the trace: an error if it held no record.
+    /// The end of the trace: an error if it held no record, or fewer than its header gives (a
+    /// file cut short on a record boundary).
     fn end(&self) -> Result<(), WorkloadError> {
         if self.records == 0 {
             Err(WorkloadError::Empty { path: self.path.clone() })
+        } else if self.promised != 0 && self.records != self.promised {
+            Err(self.bad(format!(
+                "the file ends after {} records, but its header gives {}: it was cut short",
+                self.records, self.promised
+            )))
         } else {
             Ok(())
         }
@@ -273,6 +296,13 @@ impl<R: Read> CompactTrace<R> {
                 return self.end();
             }
             self.decode_available(out, most - out.len())?;
+            if self.promised != 0 && self.records > self.promised {
+                return Err(WorkloadError::Record {
+                    path: self.path.clone(),
+                    record: self.promised + 1,
+                    message: format!("more records than the {} its header gives", self.promised),
+                });
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::guest::Pid;
+use crate::output_file::OutputFile;
 use crate::workload::compact::{CompactTrace, CompactWriter, MAGIC};
 use crate::workload::feed::Feed;
 use crate::workload::lackey::LackeyTrace;
@@ -30,16 +31,47 @@ fn decompressed(path: &Path) -> Result<BufReader<Stream>, WorkloadError> {
     let stream: Stream = if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::read::MultiGzDecoder::new(raw))
     } else if head.starts_with(&ZSTD_MAGIC) {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(raw).map_err(|e| WorkloadError::Record {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(raw).map_err(|e| WorkloadError::Io {
             path: path.to_path_buf(),
-            record: 0,
-            message: format!("bad zstd stream: {e}"),
+            source: std::io::Error::other(plain_zstd_error(&e.to_string())),
         })?;
-        Box::new(decoder)
+        Box::new(PlainZstdErrors(decoder))
     } else {
         return Ok(raw);
     };
     Ok(BufReader::with_capacity(1 << 20, stream))
+}
+
+/// A zstd decoder whose errors are plain sentences. ruzstd's messages nest Rust debug
+/// structures (`BlockContentReadError(Error { kind: UnexpectedEof, ... })`), which are no
+/// message for a user.
+struct PlainZstdErrors<R>(R);
+
+impl<R: Read> Read for PlainZstdErrors<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buffer).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::Other {
+                std::io::ErrorKind::InvalidData
+            } else {
+                e.kind()
+            };
+            std::io::Error::new(kind, plain_zstd_error(&e.to_string()))
+        })
+    }
+}
+
+/// One plain sentence for a ruzstd error message: a stream cut short, or corrupt data with
+/// ruzstd's own first words when they are plain text.
+fn plain_zstd_error(message: &str) -> String {
+    if message.contains("UnexpectedEof") || message.contains("failed to fill whole buffer") {
+        return "the zstd data ends early: the file is cut short".to_string();
+    }
+    let first = message.split(':').next().unwrap_or_default().trim();
+    if first.is_empty() || first.contains(['(', '{']) {
+        "the zstd data is corrupt".to_string()
+    } else {
+        format!("the zstd data is corrupt ({})", first.to_lowercase())
+    }
 }
 
 /// Opens a trace as process `pid`'s accesses, whatever its format.
@@ -54,12 +86,14 @@ pub fn open_trace(path: &Path, pid: Pid) -> Result<Box<dyn Workload>, WorkloadEr
 }
 
 /// Converts a lackey trace (plain or compressed) at `input` into the compact format at
-/// `output`, written to `output.partial` and renamed when complete. `progress` hears the
-/// record count now and then. Returns the number of records.
+/// `output` (see [`OutputFile`]: opened before the input is read, so a path that cannot be
+/// written fails first). `progress` hears the record count now and then. Returns the number
+/// of records.
 pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Result<u64, WorkloadError> {
+    let file = OutputFile::create(output).map_err(io(output))?;
     let mut trace = Feed::new(open_trace(input, 1)?);
     write_compact(
-        output,
+        file,
         &mut |sink| {
             trace.for_each_batch(|ops| {
                 for op in ops {
@@ -77,35 +111,26 @@ pub fn convert(input: &Path, output: &Path, progress: &mut dyn FnMut(u64)) -> Re
 /// A function taking each record of a trace.
 pub type RecordSink<'a> = dyn FnMut(crate::paging::AccessKind, u64, u32) -> Result<(), WorkloadError> + 'a;
 
-/// Writes a compact trace at `output` from the records `produce` gives its sink, atomically
-/// (`output.partial`, then a rename; removed on error).
+/// Writes a compact trace to `output` from the records `produce` gives its sink, and
+/// completes it; on any error the output is abandoned (a temporary file is removed).
 pub fn write_compact(
-    output: &Path,
+    output: OutputFile,
     produce: &mut dyn FnMut(&mut RecordSink<'_>) -> Result<(), WorkloadError>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, WorkloadError> {
-    let mut partial = output.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
-    let result = (|| {
-        let file = File::create(&partial).map_err(io(output))?;
-        let mut writer = CompactWriter::new(file).map_err(io(output))?;
-        produce(&mut |kind, address, size| {
-            writer.write(kind, address, size).map_err(io(output))?;
-            if writer.count() % (1 << 20) == 0 {
-                progress(writer.count());
-            }
-            Ok(())
-        })?;
-        let count = writer.finish().map_err(io(output))?;
-        if count == 0 {
-            return Err(WorkloadError::Empty { path: output.to_path_buf() });
+    let path = output.path().to_path_buf();
+    let mut writer = CompactWriter::new(output).map_err(io(&path))?;
+    produce(&mut |kind, address, size| {
+        writer.write(kind, address, size).map_err(io(&path))?;
+        if writer.count() % (1 << 20) == 0 {
+            progress(writer.count());
         }
-        std::fs::rename(&partial, output).map_err(io(output))?;
-        Ok(count)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        Ok(())
+    })?;
+    if writer.count() == 0 {
+        return Err(WorkloadError::Empty { path });
     }
-    result
+    let (count, output) = writer.finish().map_err(io(&path))?;
+    output.finish().map_err(io(&path))?;
+    Ok(count)
 }

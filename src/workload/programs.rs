@@ -42,14 +42,14 @@ impl<S: Send> Workload for Program<S> {
     }
 }
 
+/// `len` rounded up to whole pages; a length too large to round is kept as it is, so the
+/// kernel refuses the region showing the size asked for (not the 0 the rounding wraps to).
+pub(crate) fn whole_pages(len: u64) -> u64 {
+    len.checked_next_multiple_of(PAGE_BYTES).unwrap_or(len)
+}
+
 fn region(start: u64, len: u64, prot: Prot, page_size: PageSize) -> Region {
-    Region {
-        start: Gva::new_truncate(start),
-        len: len.div_ceil(PAGE_BYTES) * PAGE_BYTES,
-        prot,
-        user: true,
-        page_size,
-    }
+    Region { start: Gva::new_truncate(start), len: whole_pages(len), prot, user: true, page_size }
 }
 
 fn access(pid: Pid, va: u64, kind: AccessKind) -> Op {
@@ -154,6 +154,9 @@ pub struct MultiProcess {
     page_size: PageSize,
     next: u32,
     started: bool,
+    /// The process whose turn it is and the accesses of its quantum still to queue (queued
+    /// [`WORK_STEP`] at a time, so a huge quantum never sits in memory at once).
+    turn: (Pid, u64),
 }
 
 impl MultiProcess {
@@ -175,6 +178,7 @@ impl MultiProcess {
             page_size,
             next: 0,
             started: false,
+            turn: (1, 0),
         }
     }
 
@@ -193,14 +197,19 @@ impl MultiProcess {
         if self.left == 0 {
             return false;
         }
-        let pid = self.next % self.processes + 1;
-        self.next += 1;
-        for _ in 0..self.quantum.min(self.left) {
+        if self.turn.1 == 0 {
+            self.turn = (self.next % self.processes + 1, self.quantum);
+            self.next += 1;
+        }
+        let (pid, turn_left) = self.turn;
+        let now = turn_left.min(self.left).min(WORK_STEP);
+        for _ in 0..now {
             let offset = self.rng.below(self.size / 8) * 8;
             let kind = if self.rng.below(4) == 0 { AccessKind::Write } else { AccessKind::Read };
             queue.push_back(access(pid, HEAP_BASE + offset, kind));
             self.left -= 1;
         }
+        self.turn.1 -= now;
         true
     }
 }
@@ -216,12 +225,18 @@ pub struct ForkStorm {
     page_size: PageSize,
     next_pid: Pid,
     started: bool,
+    /// The command running now and the accesses of its work still to queue: the work is
+    /// queued [`WORK_STEP`] accesses at a time, so `work=100m` never sits in memory at once.
+    working: Option<(Pid, u64)>,
 }
+
+/// Accesses of a command's work queued per step.
+const WORK_STEP: u64 = 1024;
 
 impl ForkStorm {
     /// `forks` commands of `work` accesses each.
     pub fn new(seed: u64, forks: u64, work: u64, page_size: PageSize) -> Self {
-        Self { rng: Rng::new(seed), forks, work, page_size, next_pid: 2, started: false }
+        Self { rng: Rng::new(seed), forks, work, page_size, next_pid: 2, started: false, working: None }
     }
 
     /// Maps a program image (text, data, heap, stack) into `pid` and touches its start-up
@@ -250,24 +265,36 @@ impl ForkStorm {
             self.load(queue, 1, 4);
             return true;
         }
-        if self.forks == 0 {
-            return false;
-        }
-        self.forks -= 1;
-        let child = self.next_pid;
-        self.next_pid += 1;
-        queue.push_back(Op::Fork { parent: 1, child });
-        // The child writes its stack and some data before exec: copy-on-write breaks.
-        touch(queue, child, STACK_TOP - 2 * PAGE_BYTES, 2 * PAGE_BYTES, AccessKind::Write);
-        queue.push_back(access(child, DATA_BASE, AccessKind::Write));
-        queue.push_back(Op::Exec { pid: child });
-        self.load(queue, child, 1);
+        let (child, left) = match self.working {
+            Some(working) => working,
+            None => {
+                if self.forks == 0 {
+                    return false;
+                }
+                self.forks -= 1;
+                let child = self.next_pid;
+                self.next_pid += 1;
+                queue.push_back(Op::Fork { parent: 1, child });
+                // The child writes its stack and some data before exec: copy-on-write breaks.
+                touch(queue, child, STACK_TOP - 2 * PAGE_BYTES, 2 * PAGE_BYTES, AccessKind::Write);
+                queue.push_back(access(child, DATA_BASE, AccessKind::Write));
+                queue.push_back(Op::Exec { pid: child });
+                self.load(queue, child, 1);
+                (child, self.work)
+            }
+        };
         let heap = 256 * 1024;
-        for _ in 0..self.work {
+        let now = left.min(WORK_STEP);
+        for _ in 0..now {
             let offset = self.rng.below(heap / 8) * 8;
             let kind = if self.rng.below(3) == 0 { AccessKind::Write } else { AccessKind::Read };
             queue.push_back(access(child, HEAP_BASE + offset, kind));
         }
+        if left > now {
+            self.working = Some((child, left - now));
+            return true;
+        }
+        self.working = None;
         queue.push_back(Op::Exit { pid: child });
         // The shell runs a little between commands, writing its own stack (copy-on-write
         // breaks on the parent's side too, while a child still shares it).
@@ -318,10 +345,12 @@ impl MmapChurn {
         }
         self.ops -= 1;
         let pages = 1 + self.rng.below(self.max_pages);
-        let len = pages * PAGE_BYTES;
+        let len = pages.saturating_mul(PAGE_BYTES);
         let start = self.next_va;
-        // Leave a guard gap, and keep large mappings 2 MiB-aligned as an allocator would.
-        self.next_va = (start + len + PageSize::Size2M.bytes()) & !(PageSize::Size2M.bytes() - 1);
+        // Leave a guard gap, and keep large mappings 2 MiB-aligned as an allocator would
+        // (saturating: past the user half the kernel refuses the region anyway).
+        self.next_va = start.saturating_add(len).saturating_add(PageSize::Size2M.bytes())
+            & !(PageSize::Size2M.bytes() - 1);
         queue.push_back(Op::Map { pid: 1, region: region(start, len, Prot::RW, self.page_size) });
         touch(queue, 1, start, len, AccessKind::Write);
         for _ in 0..pages {

@@ -164,7 +164,12 @@ impl ParamReader {
     fn finish(self) -> Result<(), WorkloadError> {
         if let Some(key) = self.given.keys().next() {
             let known: Vec<&str> = self.spec.params.iter().map(|(name, _)| *name).collect();
-            return Err(self.error(format!("unknown parameter '{key}'; it takes {}", known.join(", "))));
+            let takes = if known.is_empty() {
+                "it takes none".to_string()
+            } else {
+                format!("it takes {}", known.join(", "))
+            };
+            return Err(self.error(format!("unknown parameter '{key}'; {takes}")));
         }
         Ok(())
     }
@@ -218,7 +223,7 @@ impl BufferScenario {
     fn new(size: u64, accesses: u64, pattern: Pattern, context: &ScenarioContext, populate: bool) -> Self {
         let region = Region {
             start: Gva::new_truncate(BUFFER_BASE),
-            len: size.div_ceil(4096) * 4096,
+            len: programs::whole_pages(size),
             prot: Prot::RW,
             user: true,
             page_size: context.page_size,
@@ -326,6 +331,10 @@ fn build_mmap_churn(
     let ops = params.size("ops", 1)?;
     let live = usize::try_from(params.size("live", 1)?).unwrap_or(usize::MAX);
     let max_pages = params.size("max-pages", 1)?;
+    // Each mapping is touched page by page at once: bound it (1 << 20 pages is 4 GiB).
+    if max_pages > 1 << 20 {
+        return Err(params.error(format!("max-pages={max_pages}: at most 1048576")));
+    }
     let state = programs::MmapChurn::new(context.seed, ops, live, max_pages, context.page_size);
     Ok(Box::new(programs::Program::new(state, programs::steps::mmap_churn)))
 }

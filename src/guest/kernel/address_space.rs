@@ -59,9 +59,9 @@ impl Kernel {
         let mut frame = Gpa::new(old.0 & Pte::ADDRESS_MASK & !(PageSize::Size2M.bytes() - 1));
         if self.extra_refs(frame) > 0 {
             self.drop_ref(frame, PageSize::Size2M);
-            frame = Gpa::new(self.large.allocate()?.start_raw());
+            frame = Gpa::new(self.frames.allocate_large()?.start_raw());
         }
-        let table = self.small.allocate()?;
+        let table = self.frames.allocate()?;
         p.zero_frame(table);
         self.table_frames += 1;
         // The large leaf's flags, without PS and the large PAT bit, on every piece.
@@ -71,7 +71,7 @@ impl Kernel {
             p.write_phys(Gpa::new(table.start().as_u64() + i * 8), piece.0);
         }
         p.write_phys(slot.entry, Pte::new(table.start(), USER_TABLE_FLAGS).0);
-        self.split_pieces.insert(frame.as_u64() >> PageSize::Size2M.shift(), 512);
+        self.frames.split(frame.as_u64() >> PageSize::Size2M.shift());
         p.invlpg(va);
         self.counters.large_splits += 1;
         Ok(())

@@ -36,7 +36,7 @@ impl Kernel {
             let entry = entry_address(table, va.as_u64(), at);
             let current = p.read_phys(entry);
             table = if current & Pte::PRESENT == 0 {
-                let fresh = self.small.allocate()?;
+                let fresh = self.frames.allocate()?;
                 p.zero_frame(fresh);
                 self.table_frames += 1;
                 p.write_phys(entry, Pte::new(fresh.start(), USER_TABLE_FLAGS).0);

@@ -36,7 +36,7 @@ impl Kernel {
                 p.write_phys(entry, shared);
             }
             *self.shared.entry(frame).or_insert(0) += 1;
-            let mut tables = GuestTables { platform: p, frames: &mut self.small };
+            let mut tables = GuestTables { platform: p, frames: &mut self.frames };
             let installed = builder::install(
                 &mut tables,
                 EntryFormat::X86,
@@ -102,7 +102,7 @@ impl Kernel {
             } else if let Some(lower) = level.next_lower() {
                 let child = Gpa::new(value & Pte::ADDRESS_MASK);
                 self.tear_down(p, child, lower);
-                self.small.free(child.frame());
+                self.frames.free(child.frame());
                 self.table_frames -= 1;
             }
             p.write_phys(entry, 0);
@@ -138,7 +138,7 @@ impl Kernel {
         if let Some(Process { root, .. }) = self.processes.remove(&pid) {
             // A hostile process's tables (and whatever its CR3 points at) are left alone.
             if !hostile {
-                self.small.free(root);
+                self.frames.free(root);
                 self.table_frames -= 1;
             }
         }

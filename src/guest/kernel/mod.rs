@@ -14,7 +14,8 @@ use crate::guest::platform::Platform;
 use crate::guest::region::{Prot, Region};
 use rustc_hash::FxHashMap;
 
-use crate::memory::{BigFrame, FrameAllocator, FrameNumber, OutOfFrames};
+use crate::guest::frames::{GuestFrames, LargeFrame};
+use crate::memory::{FrameNumber, OutOfFrames};
 use crate::paging::builder::InstallError;
 use crate::paging::builder::Slot;
 use crate::paging::{Access, Pte};
@@ -36,7 +37,7 @@ const PCID_COUNT: usize = 4096;
 /// The kernel's boot parameters.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct KernelConfig {
-    /// Guest RAM in bytes; half serves 4 KiB pages and tables, half 2 MiB pages.
+    /// Guest RAM in bytes (see [`GuestFrames`] for how it is divided).
     pub ram_bytes: u64,
 }
 
@@ -99,9 +100,6 @@ pub enum FaultResolution {
     Segv,
 }
 
-/// A 2 MiB guest frame.
-type LargeFrame = BigFrame<21>;
-
 struct Process {
     root: Gfn,
     pcid: u16,
@@ -118,8 +116,7 @@ pub struct Kernel {
     levels: PagingLevels,
     nxe: bool,
     pcide: bool,
-    small: FrameAllocator<Gfn>,
-    large: FrameAllocator<LargeFrame>,
+    frames: GuestFrames,
     template: Gfn,
     processes: BTreeMap<Pid, Process>,
     current: Option<Pid>,
@@ -130,8 +127,6 @@ pub struct Kernel {
     table_frames: u64,
     /// Extra mappings of shared data frames (copy-on-write), keyed by frame start.
     shared: FxHashMap<Gpa, u32>,
-    /// Live 4 KiB pieces of 2 MiB frames whose mapping was split.
-    split_pieces: FxHashMap<u64, u32>,
     counters: GuestCounters,
 }
 
@@ -163,21 +158,14 @@ impl Kernel {
     /// every process copies.
     pub fn boot(p: &mut impl Platform, config: KernelConfig) -> Result<Self, KernelError> {
         let cpu = p.cpu();
-        let total = config.ram_bytes / PAGE_BYTES;
-        let small_frames = total / 2;
-        let large_first = small_frames.div_ceil(512);
-        let large_count = (total / 512).saturating_sub(large_first);
-        // Frame 0 stays unused, as on a PC.
-        let mut small = FrameAllocator::new(1, small_frames.saturating_sub(1));
-        let large = FrameAllocator::new(large_first, large_count);
-        let template = small.allocate()?;
+        let mut frames = GuestFrames::new(config.ram_bytes);
+        let template = frames.allocate()?;
         p.zero_frame(template);
         let mut kernel = Self {
             levels: cpu.levels,
             nxe: cpu.nxe,
             pcide: cpu.pcide,
-            small,
-            large,
+            frames,
             template,
             processes: BTreeMap::new(),
             current: None,
@@ -186,7 +174,6 @@ impl Kernel {
             next_pcid: 1,
             table_frames: 1,
             shared: FxHashMap::default(),
-            split_pieces: FxHashMap::default(),
             counters: GuestCounters::default(),
         };
         let half = KERNEL_IMAGE_BYTES / 2;
@@ -201,7 +188,7 @@ impl Kernel {
         for region in [text, data] {
             let mut offset = 0;
             while offset < region.len {
-                let frame = kernel.large.allocate()?;
+                let frame = kernel.frames.allocate_large()?;
                 let va = Gva::new_truncate(region.start.as_u64() + offset);
                 let flags = region.leaf_flags(kernel.nxe) | Pte::ACCESSED | Pte::DIRTY;
                 let leaf = Leaf {
@@ -219,7 +206,7 @@ impl Kernel {
     }
 
     fn install(&mut self, p: &mut impl Platform, from: (Gpa, Level), leaf: Leaf) -> Result<(), KernelError> {
-        let mut tables = GuestTables { platform: p, frames: &mut self.small };
+        let mut tables = GuestTables { platform: p, frames: &mut self.frames };
         match page_table::map(&mut tables, from, leaf) {
             Ok(created) => {
                 self.table_frames += created;
@@ -238,7 +225,7 @@ impl Kernel {
         if self.processes.contains_key(&pid) {
             return Err(KernelError::ProcessExists(pid));
         }
-        let root = self.small.allocate()?;
+        let root = self.frames.allocate()?;
         p.zero_frame(root);
         self.table_frames += 1;
         // Share the kernel half: copy the template's upper 256 root entries.
@@ -387,7 +374,7 @@ impl Kernel {
             // page, do_huge_pmd_anonymous_page).
             && slot.level >= Level::Pd;
         if fits_large {
-            let frame = self.large.allocate()?;
+            let frame = self.frames.allocate_large()?;
             let leaf = Leaf {
                 va: large_start,
                 size: PageSize::Size2M,
@@ -398,7 +385,7 @@ impl Kernel {
             self.install(p, slot.table(), leaf)?;
             self.counters.pages_mapped += 512;
         } else {
-            let frame = self.small.allocate()?;
+            let frame = self.frames.allocate()?;
             let leaf = Leaf {
                 va,
                 size: PageSize::Size4K,
@@ -441,8 +428,8 @@ impl Kernel {
     /// A zero-filled data frame of `size`.
     fn allocate_frame(&mut self, size: PageSize) -> Result<Gpa, KernelError> {
         Ok(match size {
-            PageSize::Size4K => self.small.allocate()?.start(),
-            _ => Gpa::new(self.large.allocate()?.start_raw()),
+            PageSize::Size4K => self.frames.allocate()?.start(),
+            _ => Gpa::new(self.frames.allocate_large()?.start_raw()),
         })
     }
 
@@ -462,17 +449,9 @@ impl Kernel {
             return;
         }
         match size {
-            PageSize::Size4K if self.small.owns(frame.frame()) => self.small.free(frame.frame()),
-            PageSize::Size4K => {
-                let large = frame.as_u64() >> PageSize::Size2M.shift();
-                let pieces = self.split_pieces.entry(large).or_insert(512);
-                *pieces -= 1;
-                if *pieces == 0 {
-                    self.split_pieces.remove(&large);
-                    self.large.free(LargeFrame::from_number(large));
-                }
-            }
-            _ => self.large.free(LargeFrame::from_number(frame.as_u64() >> PageSize::Size2M.shift())),
+            // A 4 KiB frame, or a piece of a 2 MiB one (see `GuestFrames`).
+            PageSize::Size4K => self.frames.free(frame.frame()),
+            _ => self.frames.free_large(LargeFrame::from_number(frame.as_u64() >> PageSize::Size2M.shift())),
         }
     }
 

@@ -1,0 +1,4 @@
+//! The command line's own plumbing, apart from its options: the console and signals.
+
+pub mod console;
+pub mod signals;
