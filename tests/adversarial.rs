@@ -198,10 +198,23 @@ fn outputs_write_special_files_and_link_targets_in_place() {
         eprintln!("no device node of our own here (mknod needs root): writing to one not exercised");
     }
 
-    let out =
-        run(&["compare", "--workload", "seq-scan", "--param", "size=1M", "--json", "--csv", "/dev/stdout"]);
+    // /dev/stdout as Linux makes it, a link to /proc/self/fd/1, but one of the test's own:
+    // were the defect back, it would replace this link and not the machine's.
+    let stdout_link = dir.join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &stdout_link).expect("links");
+    let out = run(&[
+        "compare",
+        "--workload",
+        "seq-scan",
+        "--param",
+        "size=1M",
+        "--json",
+        "--csv",
+        path_str(&stdout_link),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("\nmode,accesses,"), "{}", stdout(&out));
+    assert!(std::fs::symlink_metadata(&stdout_link).expect("link").file_type().is_symlink());
 
     let regular = dir.join("private.csv");
     std::fs::write(&regular, "old").expect("writes");
