@@ -184,14 +184,37 @@ fn outputs_write_special_files_and_link_targets_in_place() {
     assert!(is_csv(&reader.join().expect("reader")));
     assert!(std::fs::symlink_metadata(&fifo).expect("FIFO").file_type().is_fifo());
 
-    let out = compare_csv(Path::new("/dev/null"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(std::fs::symlink_metadata("/dev/null").expect("/dev/null").file_type().is_char_device());
+    // A device node of the test's own (the null device, 1:3), not /dev/null itself: were the
+    // defect back, it would replace this one. Making it needs root, as CI is.
+    let device = dir.join("null");
+    let made = Command::new("mknod").arg(&device).args(["c", "1", "3"]).status().is_ok_and(|s| s.success());
+    // A file system mounted nodev has the node but will not open it.
+    if made && std::fs::OpenOptions::new().write(true).open(&device).is_ok() {
+        let out = compare_csv(&device);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(std::fs::symlink_metadata(&device).expect("device").file_type().is_char_device());
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI runs as root and can make a device node");
+        eprintln!("no device node of our own here (mknod needs root): writing to one not exercised");
+    }
 
-    let out =
-        run(&["compare", "--workload", "seq-scan", "--param", "size=1M", "--json", "--csv", "/dev/stdout"]);
+    // /dev/stdout as Linux makes it, a link to /proc/self/fd/1, but one of the test's own:
+    // were the defect back, it would replace this link and not the machine's.
+    let stdout_link = dir.join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &stdout_link).expect("links");
+    let out = run(&[
+        "compare",
+        "--workload",
+        "seq-scan",
+        "--param",
+        "size=1M",
+        "--json",
+        "--csv",
+        path_str(&stdout_link),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("\nmode,accesses,"), "{}", stdout(&out));
+    assert!(std::fs::symlink_metadata(&stdout_link).expect("link").file_type().is_symlink());
 
     let regular = dir.join("private.csv");
     std::fs::write(&regular, "old").expect("writes");
@@ -299,14 +322,20 @@ fn record_fails_fast_and_says_why() {
     if !have_valgrind() {
         return;
     }
-    // Enough accesses to fill the writer's buffer while valgrind still runs.
-    let out = run(&["record", "-o", "/dev/full", "--", "ls", "-lR", "/usr/lib"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).ends_with("memvirt: error: /dev/full: No space left on device (os error 28)\n"),
-        "{}",
-        stderr(&out)
-    );
+    // A full disk: the full device (1:7) as a node of the test's own, so that were the
+    // defect back it would not replace the machine's /dev/full. Enough accesses to fill the
+    // writer's buffer while valgrind still runs.
+    let full = fresh_dir("record-full").join("full");
+    let made = Command::new("mknod").arg(&full).args(["c", "1", "7"]).status().is_ok_and(|s| s.success());
+    if made && std::fs::OpenOptions::new().write(true).open(&full).is_ok() {
+        let out = run(&["record", "-o", path_str(&full), "--", "ls", "-lR", "/usr/lib"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let message = format!("memvirt: error: {}: No space left on device (os error 28)\n", full.display());
+        assert!(stderr(&out).ends_with(&message), "{}", stderr(&out));
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI runs as root and can make a device node");
+        eprintln!("no device node of our own here (mknod needs root): a full disk not exercised");
+    }
 
     let dir = fresh_dir("record");
     let output = dir.join("x.mvt");
