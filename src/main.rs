@@ -385,7 +385,7 @@ impl MachineArgs {
         config.ept_ad = !self.no_ept_ad;
         config.shadow.unsync = !self.no_shadow_unsync;
         if self.shadow_unsync {
-            eprintln!("memvirt: note: --shadow-unsync is the default now; --no-shadow-unsync turns it off");
+            noteln!("memvirt: note: --shadow-unsync is the default now; --no-shadow-unsync turns it off");
         }
         config.cpu.levels = PagingLevels::from_count(self.guest_levels).unwrap_or_default();
         config.cpu.wp = self.guest_cr0_wp;
