@@ -29,8 +29,6 @@ pub struct GuestView<'a, F> {
     pub memory: &'a mut PhysMemory,
     /// The nested TLB, if on.
     pub nested_tlb: Option<&'a mut NestedTlb>,
-    /// The VPID tagging nested TLB entries.
-    pub vpid: u16,
     /// Guest-dimension references.
     pub guest_refs: u64,
     /// Nested-dimension references.
@@ -65,14 +63,12 @@ impl<'a, F: NestedFormat> GuestView<'a, F> {
         root: Hpa,
         memory: &'a mut PhysMemory,
         nested_tlb: Option<&'a mut NestedTlb>,
-        vpid: u16,
     ) -> Self {
         Self {
             format,
             root,
             memory,
             nested_tlb,
-            vpid,
             guest_refs: 0,
             nested_refs: 0,
             ad_writes: 0,

@@ -236,7 +236,7 @@ impl<F: NestedFormat> Mode for Nested<F> {
     fn explain(&mut self, va: Gva, access: Access, vcpu: &mut Vcpu) -> Explanation {
         let mut explanation = Explanation::new(self.format.name(), va, access);
         for _ in 0..MAX_EXITS_PER_WALK {
-            let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None, vcpu.vpid);
+            let mut view = GuestView::new(&self.format, self.root, &mut self.host.memory, None);
             view.trace = Some(Vec::new());
             let outcome = walk(&mut view, vcpu.cr3.root, va, access, &vcpu.cpu, AdPolicy::Leave);
             let exit = match outcome {
@@ -280,13 +280,8 @@ impl<F: NestedFormat> Mode for Nested<F> {
                 // The guest resumes and the processor walks again.
                 vcpu.stats.walks += 1;
             }
-            let mut view = GuestView::new(
-                &self.format,
-                self.root,
-                &mut self.host.memory,
-                nested_tlb.as_mut(),
-                vcpu.vpid,
-            );
+            let mut view =
+                GuestView::new(&self.format, self.root, &mut self.host.memory, nested_tlb.as_mut());
             view.nested_psc = nested_psc.as_mut();
             let root = vcpu.cr3.root;
             let outcome = vcpu.cached_walk(&mut view, root, va, access);
