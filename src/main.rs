@@ -14,7 +14,7 @@ use memvirt::output_file::OutputFile;
 use memvirt::paging::{Access, AccessKind, Privilege};
 use memvirt::sim::compare::WorkloadFactory;
 use memvirt::sim::{self, ModeName, SimConfig};
-use memvirt::tlb::TlbConfig;
+use memvirt::tlb::{PscSizes, TlbConfig};
 use memvirt::workload::open::open_trace;
 use memvirt::workload::scenario::{self, parse_size, ScenarioContext, SCENARIOS};
 use memvirt::workload::scheduler::Interleave;
@@ -289,6 +289,16 @@ struct MachineArgs {
     /// Turn off the paging-structure caches and the nested TLB, so every walk is cold.
     #[arg(long)]
     no_walk_caches: bool,
+    /// Paging-structure cache entries, PML4E,PDPTE,PDE (4-way; combined caches under nested
+    /// paging, SDM Vol. 3C 29.4.1).
+    #[arg(long, value_name = "PML4E,PDPTE,PDE", default_value = "4,4,32", value_parser = parse_psc)]
+    psc: PscSizes,
+    /// Guest-physical paging-structure cache entries of the nested dimension, PML4E,PDPTE,PDE.
+    #[arg(long, value_name = "PML4E,PDPTE,PDE", default_value = "4,4,32", value_parser = parse_psc)]
+    nested_psc: PscSizes,
+    /// Nested TLB (guest-physical mappings) entries and ways, as ENTRIESxWAYS.
+    #[arg(long, value_name = "ENTRIESxWAYS", default_value = "128x4", value_parser = parse_shape)]
+    nested_tlb: (usize, usize),
     /// Guests on one host, each running its own copy of the workload (interleaved every 10,000
     /// accesses); with verification on, a guest reaching another's frames is an error.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
@@ -327,6 +337,35 @@ fn parse_page_size(text: &str) -> Result<PageSize, String> {
         "2m" => Ok(PageSize::Size2M),
         _ => Err(format!("expected 4k or 2m, found '{text}'")),
     }
+}
+
+/// The most entries any walk cache `--psc`, `--nested-psc` or `--nested-tlb` builds.
+const MAX_WALK_CACHE_ENTRIES: usize = 1 << 16;
+
+/// One walk-cache size: a whole number from 1 to [`MAX_WALK_CACHE_ENTRIES`].
+fn parse_entries(text: &str) -> Result<usize, String> {
+    text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_WALK_CACHE_ENTRIES).contains(n)).ok_or_else(|| {
+        format!("expected a number of entries from 1 to {MAX_WALK_CACHE_ENTRIES}, found '{text}'")
+    })
+}
+
+fn parse_psc(text: &str) -> Result<PscSizes, String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let [pml4e, pdpte, pde] = parts.as_slice() else {
+        return Err(format!("expected three sizes PML4E,PDPTE,PDE such as 4,4,32, found '{text}'"));
+    };
+    Ok(PscSizes { pml4e: parse_entries(pml4e)?, pdpte: parse_entries(pdpte)?, pde: parse_entries(pde)? })
+}
+
+fn parse_shape(text: &str) -> Result<(usize, usize), String> {
+    let (entries, ways) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected ENTRIESxWAYS such as 128x4, found '{text}'"))?;
+    let (entries, ways) = (parse_entries(entries)?, parse_entries(ways)?);
+    if entries % ways != 0 {
+        return Err(format!("{entries}x{ways}: entries must be a multiple of ways"));
+    }
+    Ok((entries, ways))
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -378,6 +417,12 @@ impl MachineArgs {
         config.memory_in_use = Some(allocated_bytes);
         config.stop = Some(cli::signals::stop_flag());
         config.walk_caches = !self.no_walk_caches;
+        config.walk_cache_sizes = memvirt::tlb::WalkCacheSizes {
+            psc: self.psc,
+            nested_psc: self.nested_psc,
+            nested_tlb_entries: self.nested_tlb.0,
+            nested_tlb_ways: self.nested_tlb.1,
+        };
         config.vms = usize::try_from(self.vms).unwrap_or(1);
         config.warmup = workload.warmup;
         config.nested_levels = PagingLevels::from_count(self.ept_levels).unwrap_or_default();

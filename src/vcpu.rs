@@ -8,6 +8,7 @@ use crate::paging::{
 use crate::sim::stats::Stats;
 use crate::tlb::{
     NestedPagingStructureCache, NestedTlb, PagingStructureCache, Tlb, TlbConfig, TlbEntry, TlbTag,
+    WalkCacheSizes,
 };
 use crate::vmm::Mode;
 
@@ -95,16 +96,17 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// A vCPU with empty TLBs, and walk caches if `walk_caches`.
-    pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16, walk_caches: bool) -> Self {
+    /// A vCPU with empty TLBs, and walk caches of these sizes if `walk_caches` says so.
+    pub fn new(cpu: CpuState, tlb: TlbConfig, vpid: u16, walk_caches: Option<WalkCacheSizes>) -> Self {
         Self {
             cpu,
             hw: cpu,
             cr3: Cr3::default(),
             tlb: Tlb::new(tlb),
-            psc: walk_caches.then(PagingStructureCache::default),
-            nested_tlb: walk_caches.then(NestedTlb::default),
-            nested_psc: walk_caches.then(NestedPagingStructureCache::default),
+            psc: walk_caches.map(|sizes| PagingStructureCache::new(sizes.psc)),
+            nested_tlb: walk_caches
+                .map(|sizes| NestedTlb::new(sizes.nested_tlb_entries, sizes.nested_tlb_ways)),
+            nested_psc: walk_caches.map(|sizes| NestedPagingStructureCache::new(sizes.nested_psc)),
             vpid,
             ep4ta: 0,
             stats: Stats::default(),

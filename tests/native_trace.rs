@@ -178,3 +178,61 @@ fn workloads_lists_each_scenario_on_one_line() {
         assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing from:\n{text}");
     }
 }
+
+#[test]
+fn walk_cache_sizes_are_set_from_the_command_line_and_reported() {
+    // A PDE cache (linear and guest-physical) large enough for gups's table makes every EPT
+    // walk start at the guest's page table: one guest reference, one nested one (the EPT PTE
+    // of the data page), against more with the default 32 entries.
+    let small = run_json(&[
+        "run",
+        "--mode",
+        "ept",
+        "--workload",
+        "gups",
+        "--param",
+        "size=256M",
+        "--param",
+        "updates=20000",
+        "--json",
+    ]);
+    let large = run_json(&[
+        "run",
+        "--mode",
+        "ept",
+        "--workload",
+        "gups",
+        "--param",
+        "size=256M",
+        "--param",
+        "updates=20000",
+        "--psc",
+        "4,4,512",
+        "--nested-psc",
+        "4,4,512",
+        "--nested-tlb",
+        "64x4",
+        "--json",
+    ]);
+    let per_walk =
+        |v: &serde_json::Value| v["walk_refs"].as_f64().expect("refs") / v["walks"].as_f64().expect("walks");
+    assert!(per_walk(&large) < per_walk(&small), "{} vs {}", per_walk(&large), per_walk(&small));
+    assert!(per_walk(&large) <= 2.0 + 1e-9, "{}", per_walk(&large));
+    let sizes = &large["config"]["walk_cache_sizes"];
+    assert_eq!(sizes["psc"]["pde"], 512);
+    assert_eq!(sizes["nested_psc"]["pde"], 512);
+    assert_eq!(
+        (sizes["nested_tlb_entries"].as_u64(), sizes["nested_tlb_ways"].as_u64()),
+        (Some(64), Some(4))
+    );
+    assert_eq!(small["config"]["walk_cache_sizes"]["psc"]["pde"], 32);
+    for (flag, value, expected) in [
+        ("--psc", "4,4", "expected three sizes"),
+        ("--nested-psc", "4,0,32", "from 1 to 65536"),
+        ("--nested-tlb", "100x3", "multiple of ways"),
+        ("--nested-tlb", "128", "ENTRIESxWAYS"),
+    ] {
+        let err = run_err(&["run", "--workload", "seq-scan", flag, value]);
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+    }
+}

@@ -102,6 +102,8 @@ pub struct SimConfig {
     pub warmup: u64,
     /// Whether paging-structure caches and the nested TLB are on.
     pub walk_caches: bool,
+    /// Their sizes.
+    pub walk_cache_sizes: crate::tlb::WalkCacheSizes,
     /// Cycle costs.
     pub cost: CostModel,
     /// Check every translation against the reference composition.
@@ -129,6 +131,7 @@ impl Default for SimConfig {
             seed: 1,
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
+            walk_cache_sizes: crate::tlb::WalkCacheSizes::default(),
             warmup: 0,
             vms: 1,
             max_host_memory: 8 << 30,
@@ -360,7 +363,15 @@ fn run_with<M: Mode>(
 ) -> Result<RunParts, SimError> {
     let mut guests = Vec::with_capacity(modes.len());
     for (mode, vpid) in modes {
-        let mut machine = Machine { mode, vcpu: Vcpu::new(config.cpu, config.tlb, vpid, config.walk_caches) };
+        let mut machine = Machine {
+            mode,
+            vcpu: Vcpu::new(
+                config.cpu,
+                config.tlb,
+                vpid,
+                config.walk_caches.then_some(config.walk_cache_sizes),
+            ),
+        };
         machine.vcpu.hw = machine.mode.hardware_cpu(config.cpu);
         machine.vcpu.ep4ta = machine.mode.ep4ta();
         let kernel = Kernel::boot(&mut machine, KernelConfig { ram_bytes: config.guest_ram })?;

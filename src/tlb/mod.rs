@@ -17,4 +17,6 @@ pub use hierarchy::{Tlb, TlbConfig, TlbHit, TlbLevelStats};
 pub mod lru;
 pub mod sets;
 pub mod walk_cache;
-pub use walk_cache::{NestedPagingStructureCache, NestedTlb, PagingStructureCache, WalkCacheStats};
+pub use walk_cache::{
+    NestedPagingStructureCache, NestedTlb, PagingStructureCache, PscSizes, WalkCacheSizes, WalkCacheStats,
+};

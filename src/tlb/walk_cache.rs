@@ -32,6 +32,59 @@ pub struct WalkCacheStats {
     pub nested_psc_misses: u64,
 }
 
+/// The sizes of one set of PML4E, PDPTE and PDE caches, in entries (each 4-way, or fully
+/// associative when smaller).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, serde::Deserialize)]
+pub struct PscSizes {
+    /// PML4E-cache entries.
+    pub pml4e: usize,
+    /// PDPTE-cache entries.
+    pub pdpte: usize,
+    /// PDE-cache entries.
+    pub pde: usize,
+}
+
+impl Default for PscSizes {
+    /// 4 PML4E, 4 PDPTE and 32 PDE entries: the range of recent Intel cores.
+    fn default() -> Self {
+        Self { pml4e: 4, pdpte: 4, pde: 32 }
+    }
+}
+
+impl PscSizes {
+    fn sets<K: Copy + Eq, V: Copy>(entries: usize) -> LruSets<K, V> {
+        LruSets::new(entries, entries.clamp(1, 4))
+    }
+}
+
+/// Every walk-cache size a run uses: the linear (or combined) paging-structure caches, the
+/// guest-physical ones of the nested dimension, and the nested TLB (`--psc`, `--nested-psc`,
+/// `--nested-tlb`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, serde::Deserialize)]
+pub struct WalkCacheSizes {
+    /// The paging-structure caches of the processor's walk.
+    pub psc: PscSizes,
+    /// The guest-physical paging-structure caches.
+    pub nested_psc: PscSizes,
+    /// Nested TLB entries.
+    pub nested_tlb_entries: usize,
+    /// Nested TLB associativity.
+    pub nested_tlb_ways: usize,
+}
+
+impl Default for WalkCacheSizes {
+    /// The paging-structure caches' defaults for both dimensions and a 128-entry, 4-way
+    /// nested TLB.
+    fn default() -> Self {
+        Self {
+            psc: PscSizes::default(),
+            nested_psc: PscSizes::default(),
+            nested_tlb_entries: 128,
+            nested_tlb_ways: 4,
+        }
+    }
+}
+
 /// What a paging-structure-cache entry holds: the next table's address as the walk uses it,
 /// where that table lives in host memory (the same under native and shadow paging; under
 /// nested paging, the host-physical address the guest table's guest-physical address
@@ -77,7 +130,18 @@ pub struct PagingStructureCache {
 impl Default for PagingStructureCache {
     /// Sizes in the range of recent Intel cores: 4 PML4E, 4 PDPTE and 32 PDE entries.
     fn default() -> Self {
-        Self { pml4e: LruSets::new(4, 4), pdpte: LruSets::new(4, 4), pde: LruSets::new(32, 4) }
+        Self::new(PscSizes::default())
+    }
+}
+
+impl PagingStructureCache {
+    /// Empty caches of `sizes`.
+    pub fn new(sizes: PscSizes) -> Self {
+        Self {
+            pml4e: PscSizes::sets(sizes.pml4e),
+            pdpte: PscSizes::sets(sizes.pdpte),
+            pde: PscSizes::sets(sizes.pde),
+        }
     }
 }
 
@@ -160,7 +224,18 @@ impl Default for NestedPagingStructureCache {
     /// The same sizes as the linear paging-structure caches (4, 4 and 32 entries): the
     /// manuals give none, and published designs size the nested dimension's alike.
     fn default() -> Self {
-        Self { pml4e: LruSets::new(4, 4), pdpte: LruSets::new(4, 4), pde: LruSets::new(32, 4) }
+        Self::new(PscSizes::default())
+    }
+}
+
+impl NestedPagingStructureCache {
+    /// Empty caches of `sizes`.
+    pub fn new(sizes: PscSizes) -> Self {
+        Self {
+            pml4e: PscSizes::sets(sizes.pml4e),
+            pdpte: PscSizes::sets(sizes.pdpte),
+            pde: PscSizes::sets(sizes.pde),
+        }
     }
 }
 
@@ -214,7 +289,14 @@ pub struct NestedTlb {
 impl Default for NestedTlb {
     /// 128 entries, 4-way.
     fn default() -> Self {
-        Self { entries: LruSets::new(128, 4) }
+        Self::new(128, 4)
+    }
+}
+
+impl NestedTlb {
+    /// An empty nested TLB of `entries` entries, `ways`-way.
+    pub fn new(entries: usize, ways: usize) -> Self {
+        Self { entries: LruSets::new(entries, ways) }
     }
 }
 

@@ -32,7 +32,7 @@ impl Vm {
         let format = Ept { levels: PagingLevels::Four, ad: true, phys_bits: HOST_PHYS_BITS };
         let mode = Nested::new(format, host).expect("nested root");
         let cpu = crate::paging::CpuState::default();
-        let mut vcpu = Vcpu::new(cpu, TlbConfig::Hierarchy, 1, true);
+        let mut vcpu = Vcpu::new(cpu, TlbConfig::Hierarchy, 1, Some(crate::tlb::WalkCacheSizes::default()));
         vcpu.ep4ta = mode.ep4ta();
         let mut m = Machine { mode, vcpu };
         let k = Kernel::boot(&mut m, KernelConfig { ram_bytes: RAM }).expect("boot");

@@ -30,7 +30,7 @@ impl Vm {
     fn new(cpu: CpuState, config: ShadowConfig) -> Self {
         let host = Host::new(RAM, PageSize::Size4K).expect("host");
         let mode = Shadow::new(host, &cpu, config, RAM);
-        let mut vcpu = Vcpu::new(cpu, TlbConfig::Hierarchy, 1, true);
+        let mut vcpu = Vcpu::new(cpu, TlbConfig::Hierarchy, 1, Some(crate::tlb::WalkCacheSizes::default()));
         vcpu.hw = mode.hardware_cpu(cpu);
         let mut m = Machine { mode, vcpu };
         let k = Kernel::boot(&mut m, KernelConfig { ram_bytes: RAM }).expect("boot");
