@@ -296,6 +296,11 @@ struct MachineArgs {
     /// Guest-physical paging-structure cache entries of the nested dimension, PML4E,PDPTE,PDE.
     #[arg(long, value_name = "PML4E,PDPTE,PDE", default_value = "4,4,32", value_parser = parse_psc)]
     nested_psc: PscSizes,
+    /// Every N accesses the host migrates the page the guest is about to touch to another
+    /// frame (4 KiB host pages): the VMM drops its mappings of the old one and invalidates,
+    /// INVEPT under EPT/NPT, INVVPID under shadow paging. 0: never.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    host_migrate_every: u64,
     /// Nested TLB (guest-physical mappings) entries and ways, as ENTRIESxWAYS.
     #[arg(long, value_name = "ENTRIESxWAYS", default_value = "128x4", value_parser = parse_shape)]
     nested_tlb: (usize, usize),
@@ -417,6 +422,7 @@ impl MachineArgs {
         config.memory_in_use = Some(allocated_bytes);
         config.stop = Some(cli::signals::stop_flag());
         config.walk_caches = !self.no_walk_caches;
+        config.host_migrate_every = self.host_migrate_every;
         config.walk_cache_sizes = memvirt::tlb::WalkCacheSizes {
             psc: self.psc,
             nested_psc: self.nested_psc,

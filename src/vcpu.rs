@@ -171,6 +171,55 @@ impl Vcpu {
         }
     }
 
+    /// INVEPT single-context for the EPT root `ep4ta` (SDM Vol. 3C §29.4.3.1): drops the
+    /// guest-physical mappings (nested TLB, guest-physical paging-structure caches) and the
+    /// combined mappings (TLB and paging-structure caches) made under that root. A TLB entry
+    /// here carries no EPT root, and one VPID runs under one root, so the VPID's go.
+    pub fn invept_single(&mut self, ep4ta: u64) {
+        self.stats.invalidations.invept_single += 1;
+        self.drop_ept_mappings(|root| root == ep4ta);
+    }
+
+    /// INVEPT all-context: every EPT root's guest-physical and combined mappings.
+    pub fn invept_all(&mut self) {
+        self.stats.invalidations.invept_all += 1;
+        self.drop_ept_mappings(|_| true);
+    }
+
+    fn drop_ept_mappings(&mut self, mut root: impl FnMut(u64) -> bool) {
+        if let Some(tlb) = self.nested_tlb.as_mut() {
+            tlb.flush(&mut root);
+        }
+        if let Some(psc) = self.nested_psc.as_mut() {
+            psc.flush(&mut root);
+        }
+        if let Some(psc) = self.psc.as_mut() {
+            // Combined entries carry their root; linear ones (root 0) are not INVEPT's.
+            psc.flush(|_, entry_root| entry_root != 0 && root(entry_root));
+        }
+        if self.ep4ta != 0 && root(self.ep4ta) {
+            self.tlb.flush_vpid(self.vpid, false);
+        }
+    }
+
+    /// INVVPID single-context for this vCPU's VPID (SDM Vol. 3C §29.4.3.1): drops its linear
+    /// and combined mappings, global ones included; guest-physical mappings stay. What a
+    /// shadow-paging VMM executes for a remote TLB flush.
+    pub fn invvpid_single(&mut self) {
+        self.stats.invalidations.invvpid_single += 1;
+        self.flush_all();
+    }
+
+    /// INVVPID all-context: every VPID's linear and combined mappings (VPID 0, the host's,
+    /// excepted).
+    pub fn invvpid_all(&mut self) {
+        self.stats.invalidations.invvpid_all += 1;
+        self.tlb.retain_vpid(|vpid| vpid == 0);
+        if let Some(psc) = self.psc.as_mut() {
+            psc.flush(|tag, _| tag.vpid != 0);
+        }
+    }
+
     /// The tag current translations carry.
     #[inline]
     pub fn tag(&self) -> TlbTag {

@@ -1,6 +1,6 @@
 //! A direct-mapped memo of where guest frames live in host memory: a shortcut around lookups
-//! whose answer never changes once found (backings are never taken back, nested tables only
-//! gain mappings), like a VMM's gfn-to-pfn cache.
+//! whose answer changes only when the host moves a backing page (then its owner forgets the
+//! frame), like a VMM's gfn-to-pfn cache.
 
 use crate::addr::{Gpa, Hpa, PageSize, PAGE_BYTES};
 
@@ -37,6 +37,14 @@ impl<V: Copy> FrameMemo<V> {
     pub fn get(&self, gpa: Gpa) -> Option<(Hpa, V)> {
         let (frame, page, extra) = self.slots[self.slot(gpa)];
         (frame == gpa.frame().number()).then(|| (Hpa::new(page | gpa.page_offset(PageSize::Size4K)), extra))
+    }
+
+    /// Forgets `gpa`'s frame (its backing moved).
+    pub fn forget(&mut self, gpa: Gpa) {
+        let slot = self.slot(gpa);
+        if self.slots[slot].0 == gpa.frame().number() {
+            self.slots[slot].0 = u64::MAX;
+        }
     }
 
     /// Remembers that `gpa`'s frame lives at `hpa`'s 4 KiB page.

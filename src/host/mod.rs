@@ -64,8 +64,8 @@ pub struct Host {
     page_size: PageSize,
     host_table_frames: u64,
     slots: MemorySlots,
-    /// Recent GPA -> HPA backings with the host page size. Backings never change once made
-    /// (the host does not reclaim guest memory), so entries never go stale.
+    /// Recent GPA -> HPA backings with the host page size. A backing changes only when the host
+    /// migrates the page, which forgets it here.
     recent: FrameMemo<PageSize>,
 }
 
@@ -260,6 +260,41 @@ impl Host {
         let last = start.checked_add(size.bytes() - 1);
         size == PageSize::Size4K
             || (self.slots.contains_hva(start) && last.is_some_and(|last| self.slots.contains_hva(last)))
+    }
+
+    /// The host moves the 4 KiB page backing `gpa` to another frame, as page migration or
+    /// compaction does: the contents are copied, the VMM's page table points at the new frame
+    /// and the old one is freed. Returns the old and new pages; `None` if `gpa` is not backed,
+    /// or backed by a large page (not moved here). Whoever maps the old page (nested or shadow
+    /// tables) must drop it and invalidate, as KVM does from the host's MMU notifier.
+    pub fn migrate(&mut self, gpa: Gpa) -> Option<(Hpa, Hpa)> {
+        let (old, size) = self.backing_of(gpa)?;
+        if size != PageSize::Size4K {
+            return None;
+        }
+        let hva = self.slots.hva_of(gpa)?;
+        let slot = self.search(hva);
+        let old_page = old.align_down(PageSize::Size4K);
+        if !slot.leaf || slot.value & Pte::ADDRESS_MASK != old_page.as_u64() {
+            return None;
+        }
+        let mut frames = self.frames.borrow_mut();
+        let new_page = frames.small.allocate().ok()?.start();
+        for offset in (0..PAGE_BYTES).step_by(8) {
+            let word = self.memory.read_u64(Hpa::new(old_page.as_u64() + offset));
+            self.memory.write_u64(Hpa::new(new_page.as_u64() + offset), word);
+        }
+        self.memory.write_u64(slot.entry, (slot.value & !Pte::ADDRESS_MASK) | new_page.as_u64());
+        let vm = self.vm;
+        if let Some(owners) = frames.owners.as_mut() {
+            owners.remove(&(old_page.as_u64() >> 12));
+            owners.insert(new_page.as_u64() >> 12, vm);
+        }
+        self.memory.zero_frame(old_page.frame());
+        frames.small.free(old_page.frame());
+        drop(frames);
+        self.recent.forget(gpa);
+        Some((old_page, new_page))
     }
 
     /// Whether `hpa` lies in a host frame backing this VM's memory slots.

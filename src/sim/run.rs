@@ -104,6 +104,9 @@ pub struct SimConfig {
     pub walk_caches: bool,
     /// Their sizes.
     pub walk_cache_sizes: crate::tlb::WalkCacheSizes,
+    /// Every this many accesses (0: never), the host migrates the page the running process
+    /// is about to access to another frame (as NUMA balancing or compaction would).
+    pub host_migrate_every: u64,
     /// Cycle costs.
     pub cost: CostModel,
     /// Check every translation against the reference composition.
@@ -132,6 +135,7 @@ impl Default for SimConfig {
             guest_page_size: PageSize::Size4K,
             walk_caches: true,
             walk_cache_sizes: crate::tlb::WalkCacheSizes::default(),
+            host_migrate_every: 0,
             warmup: 0,
             vms: 1,
             max_host_memory: 8 << 30,
@@ -402,6 +406,10 @@ fn run_with<M: Mode>(
         if shared {
             budget = budget.min(VM_QUANTUM - used);
         }
+        let every = config.host_migrate_every;
+        if every > 0 {
+            budget = budget.min(every - total_accesses % every);
+        }
         let (guest, feed) = (&mut guests[turn], &mut feeds[turn]);
         // The warm-up's end is handled on its own, so the slice loop tests nothing for it.
         let (done, end) = if restart {
@@ -419,6 +427,10 @@ fn run_with<M: Mode>(
                 guests.iter_mut().for_each(start_measuring);
             }
             SliceEnd::Budget => {}
+        }
+        if done > 0 && every > 0 && total_accesses % every == 0 {
+            let (guest, feed) = (&mut guests[turn], &mut feeds[turn]);
+            migrate_next_page(guest, feed)?;
         }
         if done > 0 && total_accesses % MEMORY_CHECK_EVERY == 0 {
             // The whole process when the caller counts it; else this host's stored frames
@@ -497,6 +509,25 @@ fn guest_stats<M: Mode>(guest: &Guest<M>) -> Stats {
 fn start_measuring<M: Mode>(guest: &mut Guest<M>) {
     guest.machine.vcpu.reset_counters();
     guest.kernel.reset_counters();
+}
+
+/// The host migrates the page of `guest`'s next access, if the running process makes it and
+/// its guest tables map it now (the same choice in every mode: it depends on the guest alone).
+fn migrate_next_page<M: Mode>(guest: &mut Guest<M>, feed: &mut Feed<impl Workload>) -> Result<(), SimError> {
+    let next = feed.pending()?.iter().find_map(|op| match *op {
+        Op::Access { pid, va, .. } | Op::KernelAccess { pid, va, .. } => Some((pid, va)),
+        _ => None,
+    });
+    let Some((pid, va)) = next else { return Ok(()) };
+    if guest.kernel.current() != Some(pid) {
+        return Ok(());
+    }
+    let machine = &mut guest.machine;
+    let Some(gpa) = machine.mode.reference_gpa(va, Access::USER_READ, &machine.vcpu) else { return Ok(()) };
+    if machine.mode.host_migrate(gpa, &mut machine.vcpu) {
+        machine.vcpu.stats.host_migrations += 1;
+    }
+    Ok(())
 }
 
 /// Why a slice of one VM's operations ended.

@@ -89,6 +89,19 @@ pub struct ShadowStats {
     pub vmm_walk_refs: u64,
 }
 
+/// The VMM's TLB invalidation instructions (SDM Vol. 3C §29.4.3; all zero natively).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct Invalidations {
+    /// INVEPT single-context: guest-physical and combined mappings of one EPT root.
+    pub invept_single: u64,
+    /// INVEPT all-context: those of every EPT root.
+    pub invept_all: u64,
+    /// INVVPID single-context: linear and combined mappings of one VPID.
+    pub invvpid_single: u64,
+    /// INVVPID all-context: those of every VPID but 0.
+    pub invvpid_all: u64,
+}
+
 /// Counters of one run in one mode.
 #[derive(Clone, PartialEq, Debug, Default, Serialize)]
 pub struct Stats {
@@ -130,6 +143,10 @@ pub struct Stats {
     pub guest: crate::guest::kernel::GuestCounters,
     /// Shadow-paging VMM counters.
     pub shadow: ShadowStats,
+    /// INVEPT and INVVPID the VMM executed.
+    pub invalidations: Invalidations,
+    /// Guest pages whose backing the host moved to another frame (`--host-migrate-every`).
+    pub host_migrations: u64,
     /// Page-table memory at the end of the run.
     pub page_table_bytes: PageTableBytes,
     /// Context switches between processes.
@@ -181,7 +198,9 @@ impl Stats {
     pub fn absorb(&mut self, o: &Stats) {
         add_counts!(self, o; accesses, translations, tlb_hits, tlb_misses, walks, walk_refs,
             walk_refs_nested, ad_writes, guest_page_faults, segfaults, general_protection,
-            context_switches, cr3_loads, invlpgs, pages_mapped);
+            context_switches, cr3_loads, invlpgs, pages_mapped, host_migrations);
+        let (i, j) = (&mut self.invalidations, &o.invalidations);
+        add_counts!(i, j; invept_single, invept_all, invvpid_single, invvpid_all);
         self.walk_refs_max = self.walk_refs_max.max(o.walk_refs_max);
         self.interrupted |= o.interrupted;
         let (t, u) = (&mut self.tlb, &o.tlb);

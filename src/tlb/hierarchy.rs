@@ -257,6 +257,11 @@ impl Tlb {
         self.retain(|e| e.tag.vpid != vpid || (keep_global && e.global));
     }
 
+    /// Keeps only the entries whose VPID `keep` accepts (INVVPID all-context).
+    pub fn retain_vpid(&mut self, mut keep: impl FnMut(u16) -> bool) {
+        self.retain(|e| keep(e.tag.vpid));
+    }
+
     /// Drops one entry that a walk must refresh (a write hit on a clean entry, or a hit the
     /// cached rights refuse).
     pub fn drop_entry(&mut self, va: Gva, tag: TlbTag) {

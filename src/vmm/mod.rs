@@ -59,6 +59,13 @@ pub trait Mode {
         0
     }
 
+    /// The host moves the page backing `gpa` to another frame (page migration); the VMM
+    /// drops what mapped the old one and invalidates the vCPU's caches as the manuals require.
+    /// Returns whether a page moved. Nothing moves on bare metal.
+    fn host_migrate(&mut self, _gpa: Gpa, _vcpu: &mut Vcpu) -> bool {
+        false
+    }
+
     /// The guest kernel reads a word of its physical memory (not a page walk).
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64;
 

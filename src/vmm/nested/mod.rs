@@ -41,8 +41,8 @@ pub struct Nested<F> {
     root: Hpa,
     table_frames: u64,
     /// Guest frames the nested table maps and where: the simulator's shortcut for the guest
-    /// kernel's own accesses (which are not counted as references). Valid for good because the
-    /// nested table only ever gains mappings.
+    /// kernel's own accesses (which are not counted as references). A frame whose backing the
+    /// host moves is forgotten.
     kernel_pages: FrameMemo<()>,
 }
 
@@ -204,6 +204,24 @@ impl<F: NestedFormat> Mode for Nested<F> {
 
     fn ep4ta(&self) -> u64 {
         self.root.as_u64()
+    }
+
+    fn host_migrate(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> bool {
+        if self.host.migrate(gpa).is_none() {
+            return false;
+        }
+        // KVM's MMU notifier zaps the nested entry of the moved page (kvm_unmap_gfn_range);
+        // the next access takes a violation and maps the new frame. The processor may still
+        // hold the old page in any mapping made under this EPT: INVEPT single-context.
+        let read = |addr| self.host.memory.read_u64(addr);
+        let slot =
+            builder::search(read, self.format.entry_format(), self.root, self.format.levels(), gpa.as_u64());
+        if slot.leaf {
+            self.host.memory.write_u64(slot.entry, 0);
+        }
+        self.kernel_pages.forget(gpa);
+        vcpu.invept_single(self.root.as_u64());
+        true
     }
 
     fn read_guest(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> u64 {

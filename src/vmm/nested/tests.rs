@@ -204,3 +204,42 @@ fn a_write_through_a_guest_physical_mapping_a_read_filled_sets_the_ept_dirty_fla
     vm.access(BASE + 9 * PAGE, Access::USER_WRITE);
     assert_ne!(vm.ept_leaf(BASE + 9 * PAGE) & EptEntry::DIRTY, 0, "the write set D");
 }
+
+#[test]
+fn invept_drops_guest_physical_and_combined_mappings_and_invvpid_keeps_guest_physical_ones() {
+    // §29.4.3.1: INVEPT (single-context for this EP4TA, or all-context) invalidates
+    // guest-physical and combined mappings; INVVPID invalidates linear and combined mappings
+    // of the VPID and leaves guest-physical mappings alone.
+    let mut vm = Vm::new();
+    vm.access(BASE, Access::USER_WRITE);
+    let gpa =
+        vm.m.mode.reference_gpa(Gva::new_truncate(BASE), Access::USER_READ, &vm.m.vcpu).expect("mapped");
+    let (tag, ep4ta) = (vm.m.vcpu.tag(), vm.m.vcpu.ep4ta);
+    let cached = |vm: &mut Vm| {
+        let combined =
+            vm.m.vcpu.psc.as_mut().expect("psc").lookup(Gva::new_truncate(BASE), tag, ep4ta).is_some();
+        let guest_physical =
+            vm.m.vcpu.nested_tlb.as_mut().expect("nested TLB").lookup(ep4ta, gpa, false).is_some();
+        let tlb = vm.m.vcpu.tlb.lookup(Gva::new_truncate(BASE), false, tag).is_some();
+        (combined, guest_physical, tlb)
+    };
+    assert_eq!(cached(&mut vm), (true, true, true));
+    vm.m.vcpu.invvpid_single();
+    assert_eq!(cached(&mut vm), (false, true, false), "INVVPID keeps guest-physical mappings");
+    vm.walk_refs(BASE, Access::USER_READ);
+    vm.m.vcpu.invept_single(ep4ta ^ 0x1000);
+    assert_eq!(cached(&mut vm), (true, true, true), "another EPT's INVEPT changes nothing here");
+    vm.m.vcpu.invept_single(ep4ta);
+    assert_eq!(cached(&mut vm), (false, false, false));
+    vm.walk_refs(BASE, Access::USER_READ);
+    vm.m.vcpu.invept_all();
+    assert_eq!(cached(&mut vm), (false, false, false));
+    vm.walk_refs(BASE, Access::USER_READ);
+    vm.m.vcpu.invvpid_all();
+    assert_eq!(cached(&mut vm), (false, true, false));
+    let counted = vm.m.vcpu.stats.invalidations;
+    assert_eq!(
+        (counted.invept_single, counted.invept_all, counted.invvpid_single, counted.invvpid_all),
+        (2, 1, 1, 1)
+    );
+}

@@ -165,7 +165,8 @@ impl Shadow {
     /// Carries out a TLB flush the VMM's changes require, before the guest runs again.
     fn apply_flush(&mut self, vcpu: &mut Vcpu) {
         if self.pending_flush {
-            vcpu.flush_all();
+            // KVM flushes a VPID-tagged shadow-paged guest with INVVPID single-context.
+            vcpu.invvpid_single();
             vcpu.stats.shadow.remote_flushes += 1;
             self.pending_flush = false;
         }
@@ -239,6 +240,25 @@ impl Mode for Shadow {
             Ok((hpa, _)) => self.host.memory.read_u64(hpa),
             Err(_) => 0,
         }
+    }
+
+    fn host_migrate(&mut self, gpa: Gpa, vcpu: &mut Vcpu) -> bool {
+        let Some((old, _)) = self.host.migrate(gpa) else { return false };
+        // KVM's MMU notifier: every shadow entry that maps the old page is zapped through the
+        // reverse map (kvm_unmap_rmap), then a remote flush.
+        let gfn = gpa.frame();
+        for entry in self.rmap.take(gfn) {
+            if self.live_entry_level(entry) != Some(crate::addr::Level::Pt) {
+                continue;
+            }
+            let value = self.host.memory.read_u64(entry);
+            if value & Pte::PRESENT != 0 && value & Pte::ADDRESS_MASK == old.as_u64() {
+                self.host.memory.write_u64(entry, 0);
+                self.pending_flush = true;
+            }
+        }
+        self.apply_flush(vcpu);
+        true
     }
 
     fn hardware_cpu(&self, guest: CpuState) -> CpuState {

@@ -131,7 +131,7 @@ impl Shadow {
     /// map entries outlive the pages they were in (KVM removes each from its rmap as it
     /// zaps it; here they are checked instead), and a freed shadow frame may hold guest
     /// memory now: an entry is acted on only while its table is a shadow page.
-    fn live_entry_level(&self, entry: Hpa) -> Option<Level> {
+    pub(super) fn live_entry_level(&self, entry: Hpa) -> Option<Level> {
         self.pages.get(&Hpa::new(entry.as_u64() & !(PAGE_BYTES - 1))).map(|page| page.role.level)
     }
 
